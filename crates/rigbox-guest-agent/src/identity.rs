@@ -1,0 +1,196 @@
+//! Identity and configuration pushed by the node: hostname, clock, entropy,
+//! SSH host keys, environment, authorized keys, metadata.
+
+use crate::server::{AgentError, AgentState};
+use rigbox_guest_proto::{Health, InitRequest, PROTOCOL_VERSION};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tokio::process::Command;
+
+const ENV_SH: &str = "/etc/rigbox/env.sh";
+const ENV_FILE: &str = "/etc/rigbox/env";
+const METADATA: &str = "/etc/rigbox/workspace.json";
+
+pub async fn health(initialized: bool) -> Health {
+    let boot_id = tokio::fs::read_to_string("/proc/sys/kernel/random/boot_id").await.unwrap_or_default();
+    let uptime = tokio::fs::read_to_string("/proc/uptime")
+        .await
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0);
+    let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let system_state = Command::new("systemctl")
+        .arg("is-system-running")
+        .output()
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: PROTOCOL_VERSION,
+        boot_id: boot_id.trim().into(),
+        uptime_secs: uptime,
+        hostname,
+        system_state,
+        initialized,
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !h.starts_with('-')
+        && !h.ends_with('-')
+}
+
+pub async fn apply(st: &AgentState, req: InitRequest) -> Result<(), AgentError> {
+    if let Some(ms) = req.clock_unix_ms {
+        let ts = nix::sys::time::TimeSpec::new((ms / 1000) as i64, ((ms % 1000) * 1_000_000) as i64);
+        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+            .map_err(|e| AgentError::internal(format!("setting the clock: {e}")))?;
+    }
+    if let Some(hex_seed) = &req.entropy_hex {
+        let seed = hex::decode(hex_seed).map_err(|e| AgentError::bad_request(format!("entropy_hex: {e}")))?;
+        rigbox_sys::add_entropy_and_reseed(&seed).map_err(|e| AgentError::internal(e.to_string()))?;
+    }
+    if let Some(h) = &req.hostname {
+        if !valid_hostname(h) {
+            return Err(AgentError::bad_request(format!("invalid hostname {h:?}")));
+        }
+        set_hostname(h).await?;
+    }
+    if req.regenerate_identity {
+        regenerate_host_keys().await?;
+    }
+    if let Some(env) = &req.env {
+        write_env(env).await?;
+        *st.env.write().await = env.clone();
+    }
+    if let Some(keys) = &req.authorized_keys {
+        write_authorized_keys(keys).await?;
+    }
+    if let Some(meta) = &req.metadata {
+        tokio::fs::create_dir_all("/etc/rigbox").await?;
+        tokio::fs::write(METADATA, serde_json::to_vec_pretty(meta).unwrap_or_default()).await?;
+    }
+    Ok(())
+}
+
+async fn set_hostname(h: &str) -> Result<(), AgentError> {
+    nix::unistd::sethostname(h).map_err(|e| AgentError::internal(format!("sethostname: {e}")))?;
+    tokio::fs::write("/etc/hostname", format!("{h}\n")).await?;
+    let hosts = tokio::fs::read_to_string("/etc/hosts").await.unwrap_or_default();
+    let mut lines: Vec<String> = hosts.lines().filter(|l| !l.starts_with("127.0.1.1")).map(str::to_string).collect();
+    lines.insert(1.min(lines.len()), format!("127.0.1.1 {h}"));
+    tokio::fs::write("/etc/hosts", lines.join("\n") + "\n").await?;
+    Ok(())
+}
+
+async fn regenerate_host_keys() -> Result<(), AgentError> {
+    if let Ok(mut rd) = tokio::fs::read_dir("/etc/ssh").await {
+        while let Ok(Some(e)) = rd.next_entry().await {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                let _ = tokio::fs::remove_file(e.path()).await;
+            }
+        }
+    }
+    let out = Command::new("ssh-keygen").arg("-A").output().await?;
+    if !out.status.success() {
+        return Err(AgentError::internal(format!("ssh-keygen -A: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    // sshd re-reads its keys on restart; do not wait for it.
+    let _ = Command::new("systemctl").args(["try-restart", "--no-block", "ssh.service"]).status().await;
+    Ok(())
+}
+
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+fn valid_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Persists the workspace environment for login shells (`env.sh`, sourced by
+/// `/etc/profile.d/rigbox-env.sh`) and services (`env`, an EnvironmentFile),
+/// and sets it in the system manager so new services see it.
+pub async fn write_env(env: &BTreeMap<String, String>) -> Result<(), AgentError> {
+    if let Some(bad) = env.keys().find(|k| !valid_env_name(k)) {
+        return Err(AgentError::bad_request(format!("invalid variable name {bad:?}")));
+    }
+    tokio::fs::create_dir_all("/etc/rigbox").await?;
+    let mut sh = String::from("# Written by rigbox-agent; set through the Rigbox API.\n");
+    let mut ef = String::new();
+    for (k, v) in env {
+        sh.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        ef.push_str(&format!("{k}=\"{}\"\n", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")));
+    }
+    tokio::fs::write(ENV_SH, sh).await?;
+    tokio::fs::write(ENV_FILE, ef).await?;
+    if !env.is_empty() {
+        let mut cmd = Command::new("systemctl");
+        cmd.arg("set-environment");
+        for (k, v) in env {
+            cmd.arg(format!("{k}={v}"));
+        }
+        let _ = cmd.status().await;
+    }
+    Ok(())
+}
+
+/// Reads the persisted environment (the agent may restart at any time).
+pub fn load_env() -> BTreeMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(ENV_FILE) else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim_matches('"').replace("\\n", "\n").replace("\\\"", "\"").replace("\\\\", "\\");
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+async fn write_authorized_keys(keys: &[String]) -> Result<(), AgentError> {
+    let user = crate::exec::lookup_user(None)?;
+    let dir = Path::new(&user.home).join(".ssh");
+    tokio::fs::create_dir_all(&dir).await?;
+    let file = dir.join("authorized_keys");
+    let mut body = keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty()).collect::<Vec<_>>().join("\n");
+    body.push('\n');
+    tokio::fs::write(&file, body).await?;
+    let uid = nix::unistd::Uid::from_raw(user.uid);
+    let gid = nix::unistd::Gid::from_raw(user.gid);
+    nix::unistd::chown(&dir, Some(uid), Some(gid)).map_err(|e| AgentError::internal(e.to_string()))?;
+    nix::unistd::chown(&file, Some(uid), Some(gid)).map_err(|e| AgentError::internal(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).await?;
+    tokio::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_validated() {
+        assert!(valid_hostname("ws-abc123"));
+        assert!(!valid_hostname("-x"));
+        assert!(!valid_hostname("a b"));
+        assert!(!valid_hostname(""));
+    }
+
+    #[test]
+    fn env_values_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert!(valid_env_name("OPENAI_BASE_URL"));
+        assert!(!valid_env_name("1X"));
+        assert!(!valid_env_name("A-B"));
+    }
+}
