@@ -7,7 +7,7 @@
 //! - [`qemu::QemuVmm`]: QEMU's `microvm` machine driven over QMP, with KVM
 //!   where it is usable and TCG (software emulation) otherwise;
 //! - [`firecracker::FirecrackerVmm`]: Firecracker driven over its API socket
-//!   (through the jailer when it is installed).
+//!   (optionally through the jailer).
 //!
 //! [`probe::HostProbe`] looks at the host and picks one; a setting overrides it.
 //!
@@ -17,6 +17,7 @@
 //! a recycled pid is never mistaken for the VM).
 #![warn(missing_docs)]
 
+mod fc_api;
 pub mod firecracker;
 pub mod probe;
 pub mod process;

@@ -64,23 +64,46 @@ pub async fn kill_and_wait(p: &VmProcess, timeout: Duration) -> Result<(), ()> {
 }
 
 /// Processes whose command line carries the Rigbox VM marker
-/// (`rbx-vm=<id>`), as (pid, workspace id). Used to reclaim VMs whose
-/// workspace no longer exists.
+/// (`rbx-vm=<id>`, or Firecracker's `--id rbx-vm-<id>`), as (pid, workspace
+/// id). Used to reclaim VMs whose workspace no longer exists.
 pub fn find_vm_processes() -> Vec<(u32, String)> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else { return out };
     for e in rd.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        for arg in cmd.split(|b| *b == 0) {
-            let a = String::from_utf8_lossy(arg);
-            if let Some(id) = marker_id(&a) {
-                out.push((pid, id.to_string()));
-                break;
-            }
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if let Some(id) = cmdline_vm_id(&args) {
+            out.push((pid, id));
         }
     }
     out
+}
+
+/// The workspace id a VM command line is marked with, if any.
+fn cmdline_vm_id(args: &[String]) -> Option<String> {
+    if let Some(id) = args.iter().find_map(|a| marker_id(a)) {
+        return Some(id.to_string());
+    }
+    // Firecracker (and the jailer, which passes it on) validates `--id` to
+    // `[A-Za-z0-9-]{1,64}`, so '=' cannot appear there: it carries
+    // `rbx-vm-<id>` instead (see [`firecracker_instance_id`]).
+    args.windows(2).find_map(|w| {
+        let id = w[1].strip_prefix(FIRECRACKER_ID_PREFIX)?;
+        (w[0] == "--id" && !id.is_empty()).then(|| id.to_string())
+    })
+}
+
+/// Prefix of the Firecracker instance id (`--id`) of every Rigbox VM.
+pub const FIRECRACKER_ID_PREFIX: &str = "rbx-vm-";
+
+/// The Firecracker instance id of workspace `id`: `rbx-vm-<id>`, or `None`
+/// when that is not a valid Firecracker id (only ASCII letters, digits and
+/// '-', at most 64 characters).
+pub fn firecracker_instance_id(id: &str) -> Option<String> {
+    let iid = format!("{FIRECRACKER_ID_PREFIX}{id}");
+    let valid = !id.is_empty() && iid.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    valid.then_some(iid)
 }
 
 /// The marker argument put on every VM command line.
@@ -107,6 +130,25 @@ mod tests {
         assert_eq!(marker_id(&marker("ws-abc")), Some("ws-abc"));
         assert_eq!(marker_id("guest=rbx-vm=ws-x,debug-threads=on"), Some("ws-x"));
         assert_eq!(marker_id("other"), None);
+    }
+
+    #[test]
+    fn firecracker_ids_mark_the_command_line() {
+        let iid = firecracker_instance_id("ws-abc123").unwrap();
+        assert_eq!(iid, "rbx-vm-ws-abc123");
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let fc = args(&["/usr/local/bin/firecracker", "--api-sock", "/r/api.sock", "--id", &iid]);
+        assert_eq!(cmdline_vm_id(&fc).as_deref(), Some("ws-abc123"));
+        let jailed = args(&["/firecracker", "--id", &iid, "--start-time-us", "1", "--api-sock", "/api.sock"]);
+        assert_eq!(cmdline_vm_id(&jailed).as_deref(), Some("ws-abc123"));
+        let qemu = args(&["qemu-system-x86_64", "-name", "guest=rbx-vm=ws-q,process=rbx-ws-q"]);
+        assert_eq!(cmdline_vm_id(&qemu).as_deref(), Some("ws-q"));
+        assert_eq!(cmdline_vm_id(&args(&["firecracker", "--id", "anonymous-instance"])), None);
+        assert_eq!(cmdline_vm_id(&args(&["echo", "rbx-vm-ws-x"])), None);
+        assert_eq!(firecracker_instance_id("ws_underscore"), None);
+        assert_eq!(firecracker_instance_id(""), None);
+        assert_eq!(firecracker_instance_id(&"a".repeat(58)), None);
+        assert!(firecracker_instance_id(&"a".repeat(57)).is_some());
     }
 
     #[test]
