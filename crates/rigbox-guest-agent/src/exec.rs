@@ -12,6 +12,7 @@ use rigbox_guest_proto::{
 };
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -84,22 +85,22 @@ fn command(argv: &[String], user: &RunAs, env: &BTreeMap<String, String>, extra:
     cmd
 }
 
-async fn read_limited<R: AsyncRead + Unpin>(mut r: R, truncated: &mut bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
+async fn collect_output<R: AsyncRead + Unpin>(r: Option<R>, buf: Arc<Mutex<(Vec<u8>, bool)>>) {
+    let Some(mut r) = r else { return };
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        match r.read(&mut buf).await {
+        match r.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let room = EXEC_OUTPUT_LIMIT.saturating_sub(out.len());
+                let Ok(mut g) = buf.lock() else { break };
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(g.0.len());
                 if n > room {
-                    *truncated = true;
+                    g.1 = true;
                 }
-                out.extend_from_slice(&buf[..n.min(room)]);
+                g.0.extend_from_slice(&chunk[..n.min(room)]);
             }
         }
     }
-    out
 }
 
 /// `POST /v1/exec`.
@@ -120,42 +121,33 @@ pub async fn run(req: ExecRequest, env: &BTreeMap<String, String>) -> Result<Exe
             let _ = stdin.write_all(input.as_bytes()).await;
         });
     }
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let collect = async move {
-        let mut t1 = false;
-        let mut t2 = false;
-        let (o, e) = tokio::join!(
-            async {
-                match out {
-                    Some(o) => read_limited(o, &mut t1).await,
-                    None => Vec::new(),
-                }
-            },
-            async {
-                match err {
-                    Some(e) => read_limited(e, &mut t2).await,
-                    None => Vec::new(),
-                }
-            }
-        );
-        (o, e, t1 || t2)
-    };
+    // Output is collected by tasks; the command is done when its process
+    // exits. Background processes it left behind may keep the pipes open, so
+    // after the exit we only drain briefly instead of waiting for EOF.
+    let out_buf = Arc::new(Mutex::new((Vec::new(), false)));
+    let err_buf = Arc::new(Mutex::new((Vec::new(), false)));
+    let out = tokio::spawn(collect_output(child.stdout.take(), out_buf.clone()));
+    let err = tokio::spawn(collect_output(child.stderr.take(), err_buf.clone()));
     let timeout = req.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::from_secs(24 * 3600));
-    let work = async {
-        let (o, e, trunc) = collect.await;
-        let status = child.wait().await;
-        (o, e, trunc, status)
-    };
-    let (stdout, stderr, truncated, status, timed_out) = match tokio::time::timeout(timeout, work).await {
-        Ok((o, e, t, s)) => (o, e, t, s, false),
+    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(s) => (s, false),
         Err(_) => {
             if pid > 0 {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
-            (Vec::new(), b"timed out".to_vec(), false, Err(std::io::Error::other("timed out")), true)
+            (child.wait().await, true)
         }
     };
+    let drain = Duration::from_millis(300);
+    let _ = tokio::time::timeout(drain, out).await;
+    let _ = tokio::time::timeout(drain, err).await;
+    let take = |b: &Arc<Mutex<(Vec<u8>, bool)>>| b.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default();
+    let (stdout, t1) = take(&out_buf);
+    let (mut stderr, t2) = take(&err_buf);
+    let truncated = t1 || t2;
+    if timed_out {
+        stderr.extend_from_slice(b"\n[rigbox] timed out\n");
+    }
     use std::os::unix::process::ExitStatusExt;
     let (exit_code, signal) = match status {
         Ok(s) => (s.code(), s.signal()),
@@ -275,8 +267,9 @@ async fn run_session(
             }
         }
     };
-    let _ = out.await;
-    let _ = err.await;
+    // Background processes may hold the pipes: drain briefly, do not wait for EOF.
+    let _ = tokio::time::timeout(Duration::from_millis(300), out).await;
+    let _ = tokio::time::timeout(Duration::from_millis(300), err).await;
     send_exit(&tx, status).await;
     Ok(())
 }
@@ -354,11 +347,10 @@ pub async fn tcp_forward(socket: WebSocket, port: u16) {
     let up = async {
         while let Some(Ok(m)) = stream.next().await {
             match m {
-                Message::Binary(b) => {
-                    if w.write_all(&b).await.is_err() {
+                Message::Binary(b)
+                    if w.write_all(&b).await.is_err() => {
                         break;
                     }
-                }
                 Message::Close(_) => break,
                 _ => {}
             }

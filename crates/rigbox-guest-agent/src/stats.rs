@@ -23,9 +23,9 @@ pub async fn stats() -> Json<GuestStats> {
     let mem = read("/proc/meminfo");
     let (disk_total, disk_used) = match nix::sys::statvfs::statvfs("/") {
         Ok(s) => {
-            let bs = s.fragment_size() as u64;
-            let total = s.blocks() as u64 * bs;
-            (total, total.saturating_sub(s.blocks_free() as u64 * bs))
+            let bs = s.fragment_size();
+            let total = s.blocks() * bs;
+            (total, total.saturating_sub(s.blocks_free() * bs))
         }
         Err(_) => (0, 0),
     };

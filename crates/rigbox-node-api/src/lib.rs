@@ -1,0 +1,222 @@
+//! The node agent's internal API (version 1).
+//!
+//! The control plane, the edge proxy and the SSH gateway drive a node agent
+//! only through this API, the same way whether the node runs in the same
+//! process as they do or on another host. It is HTTP/1.1 with JSON bodies,
+//! authenticated by a per-node bearer token in both directions (the node
+//! uses the same token when it calls the control plane).
+//!
+//! | Route | Meaning |
+//! |---|---|
+//! | `GET /v1/node` | [`NodeInfo`] |
+//! | `GET /v1/workspaces` | `[WorkspaceStatus]` |
+//! | `PUT /v1/workspaces/{id}` | create from [`CreateWorkspace`] (disk allocated, no boot) |
+//! | `GET /v1/workspaces/{id}` | [`WorkspaceStatus`] |
+//! | `DELETE /v1/workspaces/{id}` | VM, slot, disk and files removed |
+//! | `POST /v1/workspaces/{id}/start` | boot; returns at once (`starting`) |
+//! | `POST /v1/workspaces/{id}/stop[?force=true]` | clean shutdown, then kill after a timeout |
+//! | `POST /v1/workspaces/{id}/cancel` | abort a boot |
+//! | `PUT /v1/workspaces/{id}/resources` | [`Resources`]; stopped only; the disk only grows |
+//! | `POST /v1/workspaces/{id}/env` | [`rigbox_guest_proto::EnvRequest`] (persisted, pushed if running) |
+//! | `POST /v1/workspaces/{id}/exec` | [`rigbox_guest_proto::ExecRequest`] → `ExecResponse` |
+//! | `GET /v1/workspaces/{id}/session` | WebSocket: the guest agent's session protocol, relayed |
+//! | `GET /v1/workspaces/{id}/tcp?port=P` | WebSocket: bytes to `127.0.0.1:P` inside the guest |
+//! | `GET /v1/workspaces/{id}/connect?port=P` | WebSocket: bytes to `169.254.0.2:P` (the guest's interface) |
+//! | `GET /v1/workspaces/{id}/tunnel?port=P[&via=loopback]` | `Upgrade: rigbox-tunnel`: raw bytes to the port |
+//! | `GET/PUT /v1/workspaces/{id}/files?path=P` | file bytes |
+//! | `GET /v1/workspaces/{id}/files/stat|list?path=P` | `FileInfo` |
+//! | `GET /v1/workspaces/{id}/console?offset=N` | [`ConsoleChunk`] of the serial console log |
+//! | `GET /v1/workspaces/{id}/stats` | [`WorkspaceStats`] (host and guest view) |
+//! | `GET /v1/workspaces/{id}/ports` | `[ListeningPort]` |
+//! | `GET /v1/workspaces/{id}/journal?unit=U&lines=N` | `[JournalLine]` |
+//!
+//! Errors are `{"error":{"code","message"}}`; [`codes`] lists the codes.
+#![warn(missing_docs)]
+
+mod client;
+
+pub use client::{NodeClient, NodeClientError, Tunnel, WsStream};
+pub use rigbox_guest_proto as guest;
+use rigbox_types::WorkspaceState;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The `Upgrade` protocol name of raw tunnels.
+pub const TUNNEL_PROTOCOL: &str = "rigbox-tunnel";
+
+/// Stable error codes of the node API.
+pub mod codes {
+    /// Unknown workspace.
+    pub const NOT_FOUND: &str = "not_found";
+    /// The workspace already exists.
+    pub const EXISTS: &str = "already_exists";
+    /// The operation is not allowed in the current state.
+    pub const WRONG_STATE: &str = "wrong_state";
+    /// Invalid input.
+    pub const INVALID: &str = "invalid";
+    /// The guest image (kernel or rootfs) is not built.
+    pub const IMAGE_MISSING: &str = "image_missing";
+    /// The guest agent failed or did not answer.
+    pub const GUEST: &str = "guest_error";
+    /// The node lacks capacity.
+    pub const CAPACITY: &str = "insufficient_capacity";
+    /// Missing or wrong node token.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// Anything else.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// `PUT /v1/workspaces/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CreateWorkspace {
+    /// Template whose image the disk starts from.
+    pub template: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub ram_mb: u32,
+    /// Root disk size in MiB (the filesystem is grown to it).
+    pub disk_mb: u32,
+    /// Guest hostname.
+    pub hostname: String,
+    /// Environment for login shells and services.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `authorized_keys` for the developer user.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+    /// Non-secret metadata written to `/etc/rigbox/workspace.json`.
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+}
+
+/// `PUT /v1/workspaces/{id}/resources`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Resources {
+    /// New vCPU count.
+    pub vcpus: Option<u32>,
+    /// New memory in MiB.
+    pub ram_mb: Option<u32>,
+    /// New disk size in MiB (never smaller than now).
+    pub disk_mb: Option<u32>,
+}
+
+/// Why a workspace failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    /// Stable code (`boot_timeout`, `vm_exited`, `launch_failed`, ...).
+    pub code: String,
+    /// Human-readable reason.
+    pub message: String,
+    /// The last lines of the serial console.
+    pub console_tail: Option<String>,
+    /// When it happened (ms since the epoch).
+    pub at_unix_ms: u64,
+}
+
+/// A workspace as the node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkspaceStatus {
+    /// Workspace id.
+    pub id: String,
+    /// Lifecycle state.
+    pub state: WorkspaceState,
+    /// Template.
+    pub template: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub ram_mb: u32,
+    /// Disk size in MiB.
+    pub disk_mb: u32,
+    /// Backend running it (`qemu`, `firecracker`).
+    pub backend: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// VMM process id while it runs.
+    pub pid: Option<u32>,
+    /// Set when `state` is `failed`.
+    pub failure: Option<Failure>,
+    /// Start request to guest agent answering, last boot (ms).
+    pub boot_ms: Option<u64>,
+    /// When the state last changed (ms since the epoch).
+    pub state_changed_unix_ms: u64,
+    /// Guest hostname.
+    pub hostname: String,
+}
+
+/// Capacity figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Capacity {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub ram_mb: u64,
+    /// Disk in MiB.
+    pub disk_mb: u64,
+}
+
+/// `GET /v1/node`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub node_id: String,
+    /// Node agent version.
+    pub version: String,
+    /// Backend in use.
+    pub backend: String,
+    /// Acceleration in use.
+    pub accel: String,
+    /// What the host has.
+    pub capacity: Capacity,
+    /// What workspaces on it were given (running ones for CPU and RAM, all for disk).
+    pub committed: Capacity,
+    /// Workspaces by state.
+    pub workspaces: BTreeMap<String, u32>,
+    /// Templates whose image is built on this node.
+    pub templates: Vec<String>,
+}
+
+/// `GET /v1/workspaces/{id}/console`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConsoleChunk {
+    /// Text (UTF-8, lossy) from `offset`.
+    pub data: String,
+    /// Offset to ask for next.
+    pub next_offset: u64,
+}
+
+/// `GET /v1/workspaces/{id}/stats`: host-side counters plus the guest's view.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkspaceStats {
+    /// Sample time (ms since the epoch).
+    pub at_unix_ms: u64,
+    /// CPU time of the VMM process (user+system, ms).
+    pub vmm_cpu_ms: u64,
+    /// Resident memory of the VMM process (bytes).
+    pub vmm_rss_bytes: u64,
+    /// Bytes the guest sent (tap rx).
+    pub net_tx_bytes: u64,
+    /// Bytes the guest received (tap tx).
+    pub net_rx_bytes: u64,
+    /// Disk file bytes allocated on the host.
+    pub disk_allocated_bytes: u64,
+    /// The guest agent's own stats, when it answered.
+    pub guest: Option<rigbox_guest_proto::GuestStats>,
+}
+
+/// Error body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// Details.
+    pub error: ErrorDetail,
+}
+
+/// Error details.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    /// Stable code ([`codes`]).
+    pub code: String,
+    /// Message.
+    pub message: String,
+}
