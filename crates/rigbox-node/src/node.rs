@@ -448,7 +448,12 @@ impl Node {
     /// Boot work: launch (unless re-adopting), wait for the agent, init.
     async fn boot(&self, ws: Arc<Ws>, kernel: PathBuf, token: CancellationToken, launch: bool) {
         let t0 = Instant::now();
-        let result = self.boot_inner(&ws, &kernel, &token, launch).await;
+        let result = tokio::select! {
+            r = self.boot_inner(&ws, &kernel, &token, launch) => r,
+            // The node agent is going away: leave the record as it is; the
+            // next node agent adopts or re-boots the VM.
+            _ = self.inner.shutdown.cancelled() => return,
+        };
         let mut rec = ws.rec.lock().await;
         if rec.state != WorkspaceState::Starting || token.is_cancelled() {
             // Cancelled or deleted meanwhile; whoever changed the state cleans up.
@@ -578,6 +583,13 @@ impl Node {
     }
 
     async fn finish_stop(&self, ws: Arc<Ws>) {
+        tokio::select! {
+            _ = self.finish_stop_inner(ws) => {}
+            _ = self.inner.shutdown.cancelled() => {}
+        }
+    }
+
+    async fn finish_stop_inner(&self, ws: Arc<Ws>) {
         let vm = ws.rec.lock().await.vm.clone();
         if let Some(vm) = &vm {
             let guest = ws.guest();
@@ -751,6 +763,7 @@ impl Node {
         let root = self.ws_root();
         let mut rd = tokio::fs::read_dir(&root).await.map_err(io("listing workspaces"))?;
         let kernel = self.inner.images.resolve_kernel().ok();
+        let mut loaded = Vec::new();
         while let Some(e) = rd.next_entry().await.map_err(io("listing workspaces"))? {
             let dir = e.path();
             let id = e.file_name().to_string_lossy().into_owned();
@@ -769,28 +782,17 @@ impl Node {
                     continue;
                 }
             };
-            let ws = Arc::new(Ws { id: id.clone(), scoped: format!("{}-{id}", self.inner.node_id), dir: dir.clone(), rec: Mutex::new(rec), boot: StdMutex::new(None) });
-            self.adopt(&ws, kernel.as_deref()).await;
-            let gone = ws.rec.lock().await.state == WorkspaceState::Deleting;
-            if gone {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                continue;
-            }
-            if let Ok(mut m) = self.inner.workspaces.lock() {
-                m.insert(id, ws);
+            loaded.push(Arc::new(Ws { id: id.clone(), scoped: format!("{}-{id}", self.inner.node_id), dir, rec: Mutex::new(rec), boot: StdMutex::new(None) }));
+        }
+        // First remove what belongs to no live record: VM processes of this
+        // node, then their slots. Only then adopt, which may boot again.
+        let prefix = format!("{}-", self.inner.node_id);
+        let mut live: HashMap<String, u32> = HashMap::new();
+        for ws in &loaded {
+            if let Some(vm) = ws.rec.lock().await.vm.as_ref().filter(|v| is_alive(v)) {
+                live.insert(ws.scoped.clone(), vm.pid);
             }
         }
-        // VM processes of this node that belong to no live record.
-        let prefix = format!("{}-", self.inner.node_id);
-        let live: HashMap<String, u32> = {
-            let mut live = HashMap::new();
-            for ws in self.all() {
-                if let Some(vm) = &ws.rec.lock().await.vm {
-                    live.insert(ws.scoped.clone(), vm.pid);
-                }
-            }
-            live
-        };
         for (pid, scoped) in rigbox_vmm::process::find_vm_processes() {
             if scoped.starts_with(&prefix) && live.get(&scoped) != Some(&pid) {
                 tracing::warn!(pid, vm = %scoped, "killing an orphan VM process");
@@ -799,7 +801,6 @@ impl Node {
                 }
             }
         }
-        // Slots of this node without a VM.
         for name in rigbox_netns::list_slots().unwrap_or_default() {
             let Some(scoped) = rigbox_netns::workspace_of(&name) else { continue };
             if scoped.starts_with(&prefix) && !live.contains_key(scoped) {
@@ -807,6 +808,17 @@ impl Node {
                 if let Ok(s) = Slot::for_workspace(scoped) {
                     let _ = s.delete();
                 }
+            }
+        }
+        for ws in loaded {
+            self.adopt(&ws, kernel.as_deref()).await;
+            let gone = ws.rec.lock().await.state == WorkspaceState::Deleting;
+            if gone {
+                let _ = tokio::fs::remove_dir_all(&ws.dir).await;
+                continue;
+            }
+            if let Ok(mut m) = self.inner.workspaces.lock() {
+                m.insert(ws.id.clone(), ws);
             }
         }
         Ok(())
@@ -838,6 +850,20 @@ impl Node {
             (WorkspaceState::Stopping, false) => {
                 rec.vm = None;
                 let _ = ws.transition(&mut rec, Event::Halted).await;
+            }
+            (WorkspaceState::Starting, false) if kernel.is_some() => {
+                // The node agent stopped in the middle of a boot: boot again.
+                tracing::info!(workspace = %ws.id, "resuming an interrupted boot");
+                rec.vm = None;
+                let _ = ws.persist(&rec).await;
+                let token = CancellationToken::new();
+                if let Ok(mut b) = ws.boot.lock() {
+                    *b = Some(token.clone());
+                }
+                let node = self.clone();
+                let w = ws.clone();
+                let k = kernel.map(Path::to_path_buf).unwrap_or_default();
+                tokio::spawn(async move { node.boot(w, k, token, true).await });
             }
             (WorkspaceState::Running | WorkspaceState::Starting, false) => {
                 rec.vm = None;

@@ -136,3 +136,126 @@ pub async fn start_node(s: &Settings) -> anyhow::Result<NodeHandle> {
     tracing::info!(%addr, node_id = node.id(), "node agent listening");
     Ok(NodeHandle { node, addr, token, stop, task })
 }
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlaneHandle {
+    /// API state (storage, nodes).
+    pub state: rigbox_api::AppState,
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The admin key when it was generated at this start (shown once).
+    pub generated_admin_key: Option<String>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlaneHandle {
+    /// The API base URL (`http://addr`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and background work.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens the control-plane database named by the settings.
+pub async fn open_store(s: &Settings) -> anyhow::Result<std::sync::Arc<dyn rigbox_db::Store>> {
+    let store = match &s.database_url {
+        Some(url) => rigbox_db::SqliteStore::connect(url).await,
+        None => rigbox_db::SqliteStore::open(&s.data_dir.join("rigbox.db")).await,
+    }
+    .context("opening the database")?;
+    Ok(std::sync::Arc::new(store))
+}
+
+/// Starts the control plane: database, admin bootstrap, node registration
+/// (`local_node`: the node of an all-in-one process), reconciler, API.
+pub async fn start_control_plane(s: &Settings, local_node: Option<(&str, &str)>) -> anyhow::Result<ControlPlaneHandle> {
+    std::fs::create_dir_all(&s.data_dir).with_context(|| format!("creating {}", s.data_dir.display()))?;
+    let store = open_store(s).await?;
+    let mut recipes = RecipeSet::embedded()?;
+    if let Some(dir) = &s.templates_dir {
+        recipes = recipes.with_template_dir(dir)?;
+    }
+    let cfg = rigbox_api::ApiConfig {
+        limits: s.limits.clone(),
+        base_domain: s.base_domain.clone(),
+        ssh_host: s.ssh_listen.ip().to_string(),
+        ssh_port: s.ssh_listen.port(),
+    };
+    let state = rigbox_api::AppState::new(store.clone(), recipes, cfg);
+    let generated = rigbox_api::bootstrap_admin(&state, &s.admin_email, s.admin_key.as_ref().map(Secret::expose)).await?;
+    if let Some(k) = &generated {
+        let path = s.data_dir.join("admin-key");
+        write_private(&path, &format!("{k}\n"))?;
+        eprintln!("\n  Admin API key (shown once, also saved to {} readable by root only):\n\n    {k}\n", path.display());
+    }
+    for row in store.nodes().await? {
+        state.nodes().insert(&row);
+    }
+    if let Some((url, token)) = local_node {
+        rigbox_api::keys::register(&state, url, token).await.map_err(|e| anyhow::anyhow!("registering the local node: {e}"))?;
+    }
+    // Bring records in line with the nodes before serving.
+    rigbox_api::reconcile::refresh_nodes(&state).await;
+    rigbox_api::reconcile::sync_all(&state).await;
+    let listener = tokio::net::TcpListener::bind(s.api_listen)
+        .await
+        .with_context(|| format!("binding the API on {}", s.api_listen))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let app = rigbox_api::router(state.clone());
+    let st = stop.clone();
+    let api = tokio::spawn(async move {
+        let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { st.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!("API server stopped: {e}");
+        }
+    });
+    let rec = tokio::spawn(rigbox_api::reconcile::run(state.clone(), stop.clone()));
+    tracing::info!(%addr, "control plane listening");
+    Ok(ControlPlaneHandle { state, addr, generated_admin_key: generated, stop, tasks: vec![api, rec] })
+}
+
+/// Everything on one machine.
+#[derive(Debug)]
+pub struct Platform {
+    /// The node agent.
+    pub node: NodeHandle,
+    /// The control plane.
+    pub control: ControlPlaneHandle,
+}
+
+impl Platform {
+    /// Stops the roles (VMs keep running and are re-adopted at the next start).
+    pub async fn shutdown(self) {
+        self.control.shutdown().await;
+        self.node.shutdown().await;
+    }
+}
+
+/// Starts all roles in this process (`rigboxd up`), building the default
+/// templates' images first when they are missing.
+pub async fn up(s: &Settings, build_missing: bool) -> anyhow::Result<Platform> {
+    if build_missing {
+        let p = pipeline(s, Progress::stderr())?;
+        let missing: Vec<String> = s.default_templates.iter().filter(|t| p.resolve(t).is_err()).cloned().collect();
+        if !missing.is_empty() {
+            eprintln!("building guest images for {} (first start only; about 10 minutes on 2 cores)", missing.join(", "));
+            build_images(s, missing, Progress::stderr()).await?;
+        }
+    }
+    let node = start_node(s).await?;
+    let url = if s.node_url.is_some() { s.node_url() } else { node.url() };
+    let control = start_control_plane(s, Some((&url, &node.token))).await?;
+    Ok(Platform { node, control })
+}

@@ -44,39 +44,7 @@ impl Secret {
     }
 }
 
-/// Per-user quotas.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Limits {
-    /// Workspaces per user.
-    pub max_workspaces: u32,
-    /// RAM per workspace (MiB).
-    pub max_ram_per_workspace_mb: u32,
-    /// Total RAM over a user's workspaces (MiB).
-    pub max_ram_total_mb: u32,
-    /// vCPUs per workspace.
-    pub max_vcpu_per_workspace: u32,
-    /// Total disk over a user's workspaces (MiB).
-    pub max_disk_total_mb: u32,
-    /// Snapshots per user.
-    pub max_snapshots: u32,
-    /// Requests per minute per API key.
-    pub requests_per_minute: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_workspaces: 10,
-            max_ram_per_workspace_mb: 8192,
-            max_ram_total_mb: 16384,
-            max_vcpu_per_workspace: 4,
-            max_disk_total_mb: 102_400,
-            max_snapshots: 20,
-            requests_per_minute: 600,
-        }
-    }
-}
+pub use rigbox_api::Limits;
 
 /// All settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

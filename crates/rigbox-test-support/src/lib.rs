@@ -140,6 +140,100 @@ impl Drop for TestNode {
     }
 }
 
+/// The whole platform in this process, for a test.
+pub struct TestPlatform {
+    /// Keeps the data dir alive.
+    pub dir: tempfile::TempDir,
+    /// Settings used.
+    pub settings: Settings,
+    /// The running roles.
+    pub platform: Option<rigbox_server::Platform>,
+    /// Admin API key.
+    pub admin_key: String,
+    prefix: String,
+}
+
+impl TestPlatform {
+    /// Starts everything (images for `templates` built first).
+    pub async fn start(templates: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(templates, |_| {}).await
+    }
+
+    /// Starts everything after `tweak` adjusted the settings.
+    pub async fn start_with(templates: &[&str], tweak: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        init_logging();
+        let dir = tempfile::Builder::new().prefix("rigbox-test-").tempdir_in(std::env::temp_dir())?;
+        let mut s = settings(dir.path());
+        let admin_key = format!("rb_test{}", std::process::id());
+        s.admin_key = Some(rigbox_server::Secret(admin_key.clone()));
+        tweak(&mut s);
+        ensure_images(&s, templates).await?;
+        let p = rigbox_server::up(&s, false).await?;
+        let prefix = format!("{}-", p.node.node.id());
+        Ok(TestPlatform { dir, settings: s, platform: Some(p), admin_key, prefix })
+    }
+
+    /// The running platform.
+    pub fn p(&self) -> &rigbox_server::Platform {
+        self.platform.as_ref().expect("platform running")
+    }
+
+    /// API base URL.
+    pub fn url(&self) -> String {
+        self.p().control.url()
+    }
+
+    /// A client with the admin key.
+    pub fn admin(&self) -> rigbox_client::Client {
+        rigbox_client::Client::new(self.url(), Some(self.admin_key.clone()))
+    }
+
+    /// Creates a user and returns a client with their first key.
+    pub async fn user(&self, email: &str) -> anyhow::Result<(rigbox_client::Client, String)> {
+        let r: rigbox_api::views::CreateUserResponse = self
+            .admin()
+            .send(reqwest::Method::POST, "/admin/users", &serde_json::json!({ "email": email }))
+            .await?;
+        Ok((rigbox_client::Client::new(self.url(), Some(r.api_key.key.clone())), r.api_key.key))
+    }
+
+    /// Stops the roles and starts them again on the same data dir.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(p) = self.platform.take() {
+            p.shutdown().await;
+        }
+        self.platform = Some(rigbox_server::up(&self.settings, false).await?);
+        Ok(())
+    }
+
+    /// VM processes of this platform's node still alive.
+    pub fn vm_processes(&self) -> Vec<(u32, String)> {
+        rigbox_vmm::process::find_vm_processes().into_iter().filter(|(_, id)| id.starts_with(&self.prefix)).collect()
+    }
+
+    /// Network slots of this platform's node.
+    pub fn slots(&self) -> Vec<String> {
+        rigbox_netns::list_slots()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| rigbox_netns::workspace_of(n).is_some_and(|w| w.starts_with(&self.prefix)))
+            .collect()
+    }
+}
+
+impl Drop for TestPlatform {
+    fn drop(&mut self) {
+        for (pid, _) in self.vm_processes() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        for name in self.slots() {
+            if let Some(s) = rigbox_netns::workspace_of(&name).and_then(|w| rigbox_netns::Slot::for_workspace(w).ok()) {
+                let _ = s.delete();
+            }
+        }
+    }
+}
+
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
 where
@@ -155,5 +249,47 @@ where
             anyhow::bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks API responses against the public Rigbox OpenAPI export
+/// (`tests/reference/rigbox-api.json`, a copy of the reference).
+pub mod reference {
+    use std::sync::OnceLock;
+
+    fn spec() -> &'static serde_json::Value {
+        static SPEC: OnceLock<serde_json::Value> = OnceLock::new();
+        SPEC.get_or_init(|| {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/reference/rigbox-api.json");
+            let text = std::fs::read_to_string(path).expect("reference OpenAPI export");
+            serde_json::from_str(&text).expect("reference export parses")
+        })
+    }
+
+    /// Every schema error of `value` against the reference schema `name`.
+    pub fn errors(name: &str, value: &serde_json::Value) -> Vec<String> {
+        let spec = spec();
+        assert!(spec["components"]["schemas"].get(name).is_some(), "no schema {name} in the reference");
+        let root = serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": format!("#/components/schemas/{name}"),
+            "components": spec["components"],
+        });
+        let v = jsonschema::validator_for(&root).expect("reference schema compiles");
+        v.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+    }
+
+    /// Panics when `value` does not match the reference schema `name`.
+    pub fn assert_matches(name: &str, value: &serde_json::Value) {
+        let errs = errors(name, value);
+        assert!(errs.is_empty(), "response does not match the reference schema {name}:\n{}\n{value:#}", errs.join("\n"));
+    }
+
+    /// The response schema the reference gives for `method path` and `status`.
+    pub fn response_schema(method: &str, path: &str, status: u16) -> Option<String> {
+        let op = &spec()["paths"][path][method.to_lowercase()];
+        op["responses"][status.to_string()]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .map(|r| r.rsplit('/').next().unwrap_or(r).to_string())
     }
 }

@@ -18,6 +18,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run everything on this machine (control plane, node agent, SSH gateway, edge).
+    Up {
+        /// Do not build missing guest images.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Run only the control plane (nodes are registered with `POST /api/v1/admin/nodes`).
+    ControlPlane,
     /// Run only the node agent (the data plane) on this host.
     Node,
     /// Guest images.
@@ -64,6 +72,18 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.cmd {
+        Cmd::Up { no_build } => {
+            let p = rigbox_server::up(&settings, !no_build).await?;
+            eprintln!("Rigbox is up: API {} (node {} at {})", p.control.url(), p.node.node.id(), p.node.url());
+            tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+            p.shutdown().await;
+        }
+        Cmd::ControlPlane => {
+            let c = rigbox_server::start_control_plane(&settings, None).await?;
+            eprintln!("control plane listening on {}", c.url());
+            tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+            c.shutdown().await;
+        }
         Cmd::Node => {
             let h = rigbox_server::start_node(&settings).await?;
             eprintln!("node agent {} listening on {}", h.node.id(), h.url());
