@@ -9,13 +9,19 @@
 //! operation is a call to the node agent that hosts it (`rigbox-node-api`).
 #![warn(missing_docs)]
 
+pub mod ai;
+pub mod apps;
 pub mod auth;
+pub mod automation;
 pub mod error;
 pub mod exec;
 pub mod keys;
 pub mod misc;
+pub mod observe;
 pub mod openapi;
 pub mod reconcile;
+pub mod snapshots;
+pub mod ssh;
 pub mod state;
 pub mod views;
 pub mod workspaces;
@@ -33,6 +39,17 @@ pub fn v1() -> Router<AppState> {
         .merge(exec::router())
         .merge(keys::router())
         .merge(misc::router())
+        .merge(ssh::router())
+        .merge(snapshots::router())
+        .merge(apps::router())
+        .merge(observe::router())
+        .merge(automation::router())
+        .merge(ai::router())
+}
+
+/// Routes the node agents call (`/internal/v1`), authenticated by node token.
+pub fn internal() -> Router<AppState> {
+    Router::new()
 }
 
 /// The whole API router.
@@ -40,6 +57,7 @@ pub fn router(st: AppState) -> Router {
     Router::new()
         .nest("/api/v1", v1())
         .nest("/v1", v1())
+        .nest("/internal/v1", internal())
         .route("/api-docs/openapi.json", axum::routing::get(openapi::serve))
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response() })

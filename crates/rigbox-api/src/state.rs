@@ -3,7 +3,7 @@
 use crate::error::ApiError;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rigbox_db::{NodeRow, Store};
+use rigbox_db::{Db, NodeRow};
 use rigbox_image::RecipeSet;
 use rigbox_node_api::{NodeClient, NodeInfo};
 use serde::{Deserialize, Serialize};
@@ -155,7 +155,8 @@ pub struct AppState {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    ext: RwLock<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
+    store: Arc<dyn Db>,
     nodes: NodeDirectory,
     recipes: RecipeSet,
     config: ApiConfig,
@@ -170,10 +171,11 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// New state.
-    pub fn new(store: Arc<dyn Store>, recipes: RecipeSet, config: ApiConfig) -> Self {
+    pub fn new(store: Arc<dyn Db>, recipes: RecipeSet, config: ApiConfig) -> Self {
         let rpm = NonZeroU32::new(config.limits.requests_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         AppState {
             inner: Arc::new(Inner {
+                ext: RwLock::new(HashMap::new()),
                 store,
                 nodes: NodeDirectory::default(),
                 recipes,
@@ -183,8 +185,20 @@ impl AppState {
         }
     }
 
+    /// Registers a feature's shared state (one value per type).
+    pub fn set_ext<T: std::any::Any + Send + Sync>(&self, value: Arc<T>) {
+        if let Ok(mut m) = self.inner.ext.write() {
+            m.insert(std::any::TypeId::of::<T>(), value);
+        }
+    }
+
+    /// A feature's shared state.
+    pub fn ext<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.inner.ext.read().ok()?.get(&std::any::TypeId::of::<T>()).cloned()?.downcast::<T>().ok()
+    }
+
     /// Storage.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn Db> {
         &self.inner.store
     }
 

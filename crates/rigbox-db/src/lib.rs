@@ -3,10 +3,36 @@
 //! [`Store`] is what the API uses; [`SqliteStore`] implements it on an
 //! embedded SQLite database (the single-machine default) with append-only
 //! migrations in `migrations/`. A Postgres implementation can follow behind
-//! the same trait.
+//! the same traits.
+//!
+//! Migrations are numbered by concern: `0001` core, `0002` SSH keys, `0003`
+//! snapshots, `0004` apps, `0005` metrics and logs, `0006` automation,
+//! `0007` AI; later changes take the next free number.
 #![warn(missing_docs)]
 
+pub mod ai;
+pub mod apps;
+pub mod automation;
+pub mod metrics;
+pub mod snapshots;
 mod sqlite;
+pub mod ssh;
+
+/// Every storage trait; `use rigbox_db::prelude::*` to call them on a [`Db`].
+pub mod prelude {
+    pub use crate::ai::AiStore;
+    pub use crate::apps::AppStore;
+    pub use crate::automation::AutomationStore;
+    pub use crate::metrics::MetricsStore;
+    pub use crate::snapshots::SnapshotStore;
+    pub use crate::ssh::SshKeyStore;
+    pub use crate::{Db, Store};
+}
+
+/// All of the control plane's storage, one trait per concern.
+pub trait Db: Store + ssh::SshKeyStore + snapshots::SnapshotStore + apps::AppStore + metrics::MetricsStore + automation::AutomationStore + ai::AiStore {}
+
+impl<T> Db for T where T: Store + ssh::SshKeyStore + snapshots::SnapshotStore + apps::AppStore + metrics::MetricsStore + automation::AutomationStore + ai::AiStore {}
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

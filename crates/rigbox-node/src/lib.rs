@@ -8,12 +8,15 @@
 //! internal API ([`server`], contract in `rigbox-node-api`) with a node token.
 #![warn(missing_docs)]
 
+pub mod aiproxy;
 pub mod disk;
 pub mod error;
 pub mod guest;
+pub mod metrics;
 pub mod node;
 pub mod procstat;
 pub mod server;
+pub mod snapshot;
 pub mod wsio;
 
 pub use error::NodeError;

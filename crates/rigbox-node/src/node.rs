@@ -179,19 +179,19 @@ async fn write_record(dir: &Path, rec: &Record) -> Result<(), NodeError> {
     tokio::fs::rename(&tmp, dir.join("record.json")).await.map_err(io("installing the workspace record"))
 }
 
-struct Inner {
-    cfg: NodeConfig,
-    node_id: String,
-    vmm: Arc<dyn Vmm>,
-    images: Pipeline,
-    workspaces: StdMutex<HashMap<String, Arc<Ws>>>,
-    shutdown: CancellationToken,
+pub(crate) struct Inner {
+    pub(crate) cfg: NodeConfig,
+    pub(crate) node_id: String,
+    pub(crate) vmm: Arc<dyn Vmm>,
+    pub(crate) images: Pipeline,
+    pub(crate) workspaces: StdMutex<HashMap<String, Arc<Ws>>>,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// The node agent.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Node {
@@ -464,6 +464,8 @@ impl Node {
                 rec.boot_ms = Some(t0.elapsed().as_millis() as u64);
                 let _ = ws.transition(&mut rec, Event::Booted).await;
                 tracing::info!(workspace = %ws.id, boot_ms = rec.boot_ms, "running");
+                drop(rec);
+                self.on_running(&ws).await;
             }
             Err((code, message)) => {
                 let tail = ws.console_tail(30);
@@ -548,8 +550,23 @@ impl Node {
         Ok(ws.status(&rec))
     }
 
+    /// Feature hooks once a workspace runs.
+    pub(crate) async fn on_running(&self, ws: &Ws) {
+        crate::aiproxy::on_running(self, ws).await;
+        crate::metrics::on_running(self, ws).await;
+        crate::snapshot::on_running(self, ws).await;
+    }
+
+    /// Feature hooks before a workspace's VM and slot go away.
+    pub(crate) async fn on_halt(&self, ws: &Ws) {
+        crate::aiproxy::on_halt(self, ws).await;
+        crate::metrics::on_halt(self, ws).await;
+        crate::snapshot::on_halt(self, ws).await;
+    }
+
     /// Kills the VM (if any), removes the slot, and records `stopped`.
-    async fn halt(&self, ws: &Ws, rec: &mut Record) {
+    pub(crate) async fn halt(&self, ws: &Ws, rec: &mut Record) {
+        self.on_halt(ws).await;
         if let Some(vm) = rec.vm.take() {
             if let Ok(kernel) = self.inner.images.resolve_kernel() {
                 let _ = self.inner.vmm.kill(&ws.vm_config(rec, &kernel), &vm).await;
@@ -742,6 +759,7 @@ impl Node {
                 let dead = rec.vm.as_ref().is_none_or(|vm| !is_alive(vm));
                 if dead {
                     let tail = ws.console_tail(30);
+                    self.on_halt(&ws).await;
                     rec.vm = None;
                     let _ = ws.slot().delete();
                     rec.failure = Some(Failure {
@@ -812,7 +830,11 @@ impl Node {
         }
         for ws in loaded {
             self.adopt(&ws, kernel.as_deref()).await;
-            let gone = ws.rec.lock().await.state == WorkspaceState::Deleting;
+            let state = ws.rec.lock().await.state;
+            if state == WorkspaceState::Running {
+                self.on_running(&ws).await;
+            }
+            let gone = state == WorkspaceState::Deleting;
             if gone {
                 let _ = tokio::fs::remove_dir_all(&ws.dir).await;
                 continue;

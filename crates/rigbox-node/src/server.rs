@@ -20,10 +20,11 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as TMsg;
 
+/// State of the node API handlers.
 #[derive(Clone)]
-struct AppState {
-    node: Node,
-    token: Arc<String>,
+pub struct AppState {
+    pub(crate) node: Node,
+    pub(crate) token: Arc<String>,
 }
 
 async fn auth(State(st): State<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
@@ -64,6 +65,9 @@ pub fn router(node: Node, token: String) -> Router {
         .route("/v1/workspaces/{id}/stats", get(stats))
         .route("/v1/workspaces/{id}/ports", get(guest_get))
         .route("/v1/workspaces/{id}/journal", get(guest_get))
+        .merge(crate::snapshot::routes())
+        .merge(crate::metrics::routes())
+        .merge(crate::aiproxy::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .with_state(st)
 }

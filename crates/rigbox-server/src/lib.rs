@@ -5,7 +5,9 @@
 //! data directory), so what is tested is what runs.
 #![warn(missing_docs)]
 
+pub mod edge;
 pub mod settings;
+pub mod ssh;
 
 use anyhow::Context;
 use rigbox_image::{ImageCache, Pipeline, Progress, RecipeSet};
@@ -166,7 +168,7 @@ impl ControlPlaneHandle {
 }
 
 /// Opens the control-plane database named by the settings.
-pub async fn open_store(s: &Settings) -> anyhow::Result<std::sync::Arc<dyn rigbox_db::Store>> {
+pub async fn open_store(s: &Settings) -> anyhow::Result<std::sync::Arc<dyn rigbox_db::Db>> {
     let store = match &s.database_url {
         Some(url) => rigbox_db::SqliteStore::connect(url).await,
         None => rigbox_db::SqliteStore::open(&s.data_dir.join("rigbox.db")).await,
@@ -233,11 +235,21 @@ pub struct Platform {
     pub node: NodeHandle,
     /// The control plane.
     pub control: ControlPlaneHandle,
+    /// The SSH gateway.
+    pub ssh: Option<ssh::Handle>,
+    /// The edge proxy.
+    pub edge: Option<edge::Handle>,
 }
 
 impl Platform {
     /// Stops the roles (VMs keep running and are re-adopted at the next start).
     pub async fn shutdown(self) {
+        if let Some(e) = self.edge {
+            e.shutdown().await;
+        }
+        if let Some(g) = self.ssh {
+            g.shutdown().await;
+        }
         self.control.shutdown().await;
         self.node.shutdown().await;
     }
@@ -257,5 +269,7 @@ pub async fn up(s: &Settings, build_missing: bool) -> anyhow::Result<Platform> {
     let node = start_node(s).await?;
     let url = if s.node_url.is_some() { s.node_url() } else { node.url() };
     let control = start_control_plane(s, Some((&url, &node.token))).await?;
-    Ok(Platform { node, control })
+    let ssh = ssh::start(s, &control).await?;
+    let edge = edge::start(s, &control).await?;
+    Ok(Platform { node, control, ssh, edge })
 }

@@ -1,0 +1,9 @@
+//! Templates' quick deploy, setup scripts, service specs, tools.
+
+use crate::state::AppState;
+use axum::Router;
+
+/// Routes under `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+}

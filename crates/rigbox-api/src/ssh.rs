@@ -1,0 +1,9 @@
+//! SSH keys API and the browser terminal.
+
+use crate::state::AppState;
+use axum::Router;
+
+/// Routes under `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+}
