@@ -19,6 +19,10 @@
 //! | `RIGBOX_GUEST_AGENT` | next to `rigboxd` | guest agent binary put into images |
 //! | `RIGBOX_BOOT_TIMEOUT_SECS` | `180` | boot deadline |
 //! | `RIGBOX_DATABASE_URL` | `sqlite://<data dir>/rigbox.db` | database |
+//! | `RIGBOX_SSH_HOST_KEY` | `<data dir>/ssh_host_ed25519_key` | SSH gateway host key |
+//! | `RIGBOX_EDGE_TLS_LISTEN` | unset | HTTPS listener of the edge |
+//! | `RIGBOX_EDGE_TLS_CERT`, `RIGBOX_EDGE_TLS_KEY` | unset | PEM files (wildcard certificate) |
+//! | `RIGBOX_ACME_ENABLED`, `RIGBOX_ACME_EMAIL`, `RIGBOX_ACME_DIRECTORY` | off | ACME certificates |
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -94,6 +98,22 @@ pub struct Settings {
     pub default_templates: Vec<String>,
     /// Quotas.
     pub limits: Limits,
+    /// SSH gateway host key (default `<data_dir>/ssh_host_ed25519_key`, generated).
+    pub ssh_host_key: Option<PathBuf>,
+    /// Edge TLS listener (HTTPS); off when unset.
+    pub edge_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the edge (a wildcard for the base domain).
+    pub edge_tls_cert: Option<PathBuf>,
+    /// PEM private key for the edge.
+    pub edge_tls_key: Option<PathBuf>,
+    /// Obtain certificates with ACME (Let's Encrypt) instead of files.
+    pub acme_enabled: bool,
+    /// ACME account email.
+    pub acme_email: Option<String>,
+    /// ACME directory URL (default Let's Encrypt production).
+    pub acme_directory: Option<String>,
+    /// Public URL scheme of apps (`http` on loopback, `https` with TLS).
+    pub public_scheme: String,
 }
 
 impl Default for Settings {
@@ -121,6 +141,14 @@ impl Default for Settings {
             database_url: None,
             default_templates: vec!["base".into()],
             limits: Limits::default(),
+            ssh_host_key: None,
+            edge_tls_listen: None,
+            edge_tls_cert: None,
+            edge_tls_key: None,
+            acme_enabled: false,
+            acme_email: None,
+            acme_directory: None,
+            public_scheme: "http".into(),
         }
     }
 }

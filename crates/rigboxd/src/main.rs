@@ -33,6 +33,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// Measure the platform and print a report (not a test).
+    Bench {
+        /// Sections to run (substrate, api, ssh, snapshots, edge, metrics, quickdeploy, ai); all by default.
+        #[arg(long = "section")]
+        sections: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print what the host offers and which VMM backend would be used, and why.
     Doctor {
         /// JSON output.
@@ -111,6 +120,14 @@ async fn main() -> anyhow::Result<()> {
                     Ok(img) => println!("{}\tbuilt\t{}", t.id, img.rootfs.display()),
                     Err(e) => println!("{}\tmissing\t{e}", t.id),
                 }
+            }
+        }
+        Cmd::Bench { sections, json } => {
+            let report = rigbox_bench::run(&settings, &sections).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
             }
         }
         Cmd::Doctor { json } => {
