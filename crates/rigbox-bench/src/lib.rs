@@ -37,6 +37,16 @@ impl BenchEnv {
             node_listen: any,
             node_token: None,
             admin_key: Some(rigbox_server::Secret(admin_key.clone())),
+            limits: rigbox_server::Limits {
+                max_workspaces: 100_000,
+                max_ram_per_workspace_mb: 1 << 20,
+                max_ram_total_mb: u32::MAX,
+                max_vcpu_per_workspace: 64,
+                max_running_vcpus: 100_000,
+                max_disk_total_mb: u32::MAX,
+                max_snapshots: 100_000,
+                requests_per_minute: 10_000_000,
+            },
             ..base.clone()
         };
         Ok(BenchEnv { settings, dir, platform: tokio::sync::OnceCell::new(), admin_key })

@@ -159,6 +159,7 @@ impl ImageCache {
 /// Builds and finds guest images.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
+    agent_sha: std::sync::Arc<std::sync::Mutex<Option<(std::time::SystemTime, u64, String)>>>,
     cache: ImageCache,
     recipes: RecipeSet,
     agent: PathBuf,
@@ -171,6 +172,7 @@ impl Pipeline {
     /// A pipeline over `cache`, putting the guest agent at `agent` into images.
     pub fn new(cache: ImageCache, recipes: RecipeSet, agent: PathBuf) -> Self {
         Pipeline {
+            agent_sha: Default::default(),
             cache,
             recipes,
             agent,
@@ -202,7 +204,25 @@ impl Pipeline {
         &self.cache
     }
 
+    /// Hash of the guest agent binary, cached while its size and mtime stay the same.
     fn agent_sha(&self) -> Result<String, ImageError> {
+        let meta = fs::metadata(&self.agent).map_err(|_| ImageError::AgentMissing(self.agent.clone()))?;
+        let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        if let Ok(g) = self.agent_sha.lock() {
+            if let Some((t, l, sha)) = g.as_ref() {
+                if (*t, *l) == stamp {
+                    return Ok(sha.clone());
+                }
+            }
+        }
+        let sha = self.hash_agent()?;
+        if let Ok(mut g) = self.agent_sha.lock() {
+            *g = Some((stamp.0, stamp.1, sha.clone()));
+        }
+        Ok(sha)
+    }
+
+    fn hash_agent(&self) -> Result<String, ImageError> {
         let mut f = fs::File::open(&self.agent).map_err(|_| ImageError::AgentMissing(self.agent.clone()))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];

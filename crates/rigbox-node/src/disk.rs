@@ -30,7 +30,8 @@ pub async fn create_from_image(image: &Path, dest: &Path, size_mb: u64) -> Resul
     let _ = tokio::fs::remove_file(&tmp).await;
     let r = async {
         run(Command::new("cp").arg("--sparse=always").arg(image).arg(&tmp), "cp", &[0]).await?;
-        grow(&tmp, size_mb).await?;
+        // A fresh copy of a clean image: no fsck needed before growing.
+        grow_fs(&tmp, size_mb, false).await?;
         tokio::fs::rename(&tmp, dest).await.map_err(io("installing the disk"))
     }
     .await;
@@ -40,8 +41,13 @@ pub async fn create_from_image(image: &Path, dest: &Path, size_mb: u64) -> Resul
     r
 }
 
-/// Grows the file and its ext4 filesystem to `size_mb` (never shrinks).
+/// Grows the file and its ext4 filesystem to `size_mb` (never shrinks),
+/// checking the filesystem first (it may have been used by a guest).
 pub async fn grow(path: &Path, size_mb: u64) -> Result<(), NodeError> {
+    grow_fs(path, size_mb, true).await
+}
+
+async fn grow_fs(path: &Path, size_mb: u64, check: bool) -> Result<(), NodeError> {
     let current = size_mb_of(path)?;
     if size_mb < current {
         return Err(NodeError::Invalid(format!("the disk cannot shrink (it is {current} MiB, asked for {size_mb} MiB)")));
@@ -52,9 +58,13 @@ pub async fn grow(path: &Path, size_mb: u64) -> Result<(), NodeError> {
     let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io("opening the disk"))?;
     f.set_len(size_mb << 20).map_err(io("growing the disk file"))?;
     drop(f);
-    // e2fsck exits 1 when it fixed something (e.g. after an unclean stop).
-    run(Command::new("e2fsck").args(["-f", "-y"]).arg(path), "e2fsck", &[0, 1]).await?;
-    run(Command::new("resize2fs").arg(path), "resize2fs", &[0]).await
+    if check {
+        // e2fsck exits 1 when it fixed something (e.g. after an unclean stop).
+        run(Command::new("e2fsck").args(["-f", "-y"]).arg(path), "e2fsck", &[0, 1]).await?;
+        run(Command::new("resize2fs").arg(path), "resize2fs", &[0]).await
+    } else {
+        run(Command::new("resize2fs").arg("-f").arg(path), "resize2fs", &[0]).await
+    }
 }
 
 fn size_mb_of(path: &Path) -> Result<u64, NodeError> {
