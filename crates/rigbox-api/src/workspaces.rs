@@ -217,7 +217,7 @@ pub async fn create_workspace(st: &AppState, auth: &Auth, n: NewWorkspace) -> Ap
         disk_mb: n.disk_size_mb as u32,
         hostname: n.name.clone(),
         env: n.env,
-        authorized_keys: vec![],
+        authorized_keys: crate::ssh::authorized_keys_of(st, &auth.user.id).await,
         metadata: serde_json::json!({ "name": n.name, "user_id": auth.user.id, "created_at": now }),
     };
     if let Err(e) = client.create(&row.id, &spec).await {
