@@ -265,7 +265,7 @@ async fn run_session_channel(channel: Channel<Msg>, ctx: ChannelCtx) {
         let ws = ensure_running(&ctx, &wr, crlf).await?;
         let mut sock = ws.node.session(&ws.id).await.map_err(|e| format!("cannot reach workspace {:?}: {e}", ws.name))?;
         let (term, size) = match pty {
-            Some((t, s)) => (Some(t), Some(s)),
+            Some((t, s)) => ((!t.is_empty()).then_some(t), Some(s)),
             None => (None, None),
         };
         let start = SessionStart { argv, shell, pty: size, term, env, cwd: None, user: Some("developer".into()) };

@@ -26,6 +26,9 @@ pub struct Args {
     /// Print the ssh command instead of running it.
     #[arg(long)]
     pub print: bool,
+    /// Extra argument for ssh, e.g. `--ssh-arg=-oStrictHostKeyChecking=accept-new` (repeatable).
+    #[arg(long = "ssh-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub ssh_args: Vec<String>,
     /// Command to run instead of a shell.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -59,6 +62,7 @@ pub fn ssh_argv(info: &Value, a: &Args, host_override: Option<String>) -> anyhow
         argv.push("-i".into());
         argv.push(i.display().to_string());
     }
+    argv.extend(a.ssh_args.iter().cloned());
     let suffix = if a.start { "+start" } else { "" };
     argv.push(format!("{user}{suffix}@{host}"));
     if !a.command.is_empty() {
@@ -152,7 +156,7 @@ mod tests {
     #[test]
     fn builds_the_ssh_command() {
         let info = json!({"user": "box", "host": "127.0.0.1", "port": 2222, "status": "running"});
-        let mut a = Args { workspace: "box".into(), start: false, identity: None, print: false, command: vec![] };
+        let mut a = Args { workspace: "box".into(), start: false, identity: None, print: false, ssh_args: vec![], command: vec![] };
         assert_eq!(ssh_argv(&info, &a, None).unwrap(), ["ssh", "-p", "2222", "box@127.0.0.1"]);
         a.start = true;
         a.command = vec!["uname".into(), "-a".into()];
