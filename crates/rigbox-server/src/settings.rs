@@ -23,6 +23,7 @@
 //! | `RIGBOX_EDGE_TLS_LISTEN` | unset | HTTPS listener of the edge |
 //! | `RIGBOX_EDGE_TLS_CERT`, `RIGBOX_EDGE_TLS_KEY` | unset | PEM files (wildcard certificate) |
 //! | `RIGBOX_ACME_ENABLED`, `RIGBOX_ACME_EMAIL`, `RIGBOX_ACME_DIRECTORY` | off | ACME certificates |
+//! | `RIGBOX_EDGE_UPSTREAM_TIMEOUT_SECS` | `60` | edge: deadline for an app's response headers (then 504) |
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -114,6 +115,8 @@ pub struct Settings {
     pub acme_directory: Option<String>,
     /// Public URL scheme of apps (`http` on loopback, `https` with TLS).
     pub public_scheme: String,
+    /// Edge: seconds an app has to send its response headers (then 504).
+    pub edge_upstream_timeout_secs: u64,
 }
 
 impl Default for Settings {
@@ -149,6 +152,7 @@ impl Default for Settings {
             acme_email: None,
             acme_directory: None,
             public_scheme: "http".into(),
+            edge_upstream_timeout_secs: 60,
         }
     }
 }
