@@ -96,12 +96,26 @@ async fn regenerate_host_keys() -> Result<(), AgentError> {
             }
         }
     }
-    let out = Command::new("ssh-keygen").arg("-A").output().await?;
-    if !out.status.success() {
-        return Err(AgentError::internal(format!("ssh-keygen -A: {}", String::from_utf8_lossy(&out.stderr))));
+    // Ed25519 and ECDSA keys are quick to make even under emulation; RSA is
+    // not, so it is made in the background and sshd restarted once more.
+    for t in ["ed25519", "ecdsa"] {
+        let path = format!("/etc/ssh/ssh_host_{t}_key");
+        let out = Command::new("ssh-keygen").args(["-q", "-t", t, "-N", "", "-f", &path]).output().await?;
+        if !out.status.success() {
+            return Err(AgentError::internal(format!("ssh-keygen -t {t}: {}", String::from_utf8_lossy(&out.stderr))));
+        }
     }
-    // sshd re-reads its keys on restart; do not wait for it.
     let _ = Command::new("systemctl").args(["try-restart", "--no-block", "ssh.service"]).status().await;
+    tokio::spawn(async {
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "rsa", "-b", "3072", "-N", "", "-f", "/etc/ssh/ssh_host_rsa_key"])
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if ok {
+            let _ = Command::new("systemctl").args(["try-restart", "--no-block", "ssh.service"]).status().await;
+        }
+    });
     Ok(())
 }
 

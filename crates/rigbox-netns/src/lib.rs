@@ -10,6 +10,7 @@
 //! | `169.254.0.1/30` | `tap0`, host side, inside the namespace | node agent, AI proxy, package cache |
 //! | `169.254.0.2/30` | `eth0` in the guest (kernel `ip=` and systemd-networkd) | guest agent, sshd, apps |
 //! | MAC `06:00:a9:fe:00:02` | guest NIC | fixed |
+//! | MAC `06:00:a9:fe:00:01` | `tap0` | fixed, so restored guests' ARP caches stay valid |
 //!
 //! The host never routes to a guest: the node agent reaches one only by
 //! opening a socket *inside* its namespace ([`Slot::connect`]), and serves
@@ -34,6 +35,9 @@ pub const TAP_NAME: &str = "tap0";
 pub const HOST_CIDR: &str = "169.254.0.1/30";
 /// The guest's MAC address.
 pub const GUEST_MAC: &str = "06:00:a9:fe:00:02";
+/// The host side's MAC address, the same in every slot, so a guest restored
+/// into a new slot finds its gateway at the MAC its ARP cache remembers.
+pub const HOST_MAC: &str = "06:00:a9:fe:00:01";
 
 /// Errors of slot management.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +133,7 @@ impl Slot {
         let setup = (|| {
             ip(&["-n", &self.name, "link", "set", "lo", "up"])?;
             ip(&["-n", &self.name, "tuntap", "add", "dev", TAP_NAME, "mode", "tap"])?;
+            ip(&["-n", &self.name, "link", "set", TAP_NAME, "address", HOST_MAC])?;
             ip(&["-n", &self.name, "addr", "add", HOST_CIDR, "dev", TAP_NAME])?;
             ip(&["-n", &self.name, "link", "set", TAP_NAME, "up"])?;
             Ok(())

@@ -245,6 +245,42 @@ impl NodeClient {
         }
     }
 
+    /// Takes a snapshot (disk of a stopped workspace, or live).
+    pub async fn snapshot(&self, id: &str, req: &crate::CreateSnapshot) -> Result<crate::SnapshotMeta, NodeClientError> {
+        Self::json(self.req(reqwest::Method::POST, &format!("/workspaces/{id}/snapshots")).json(req).send().await).await
+    }
+
+    /// Restores a snapshot into its workspace.
+    pub async fn restore(&self, id: &str, snapshot_id: &str) -> Result<WorkspaceStatus, NodeClientError> {
+        let body = crate::RestoreSnapshot { snapshot_id: snapshot_id.into() };
+        Self::json(self.req(reqwest::Method::POST, &format!("/workspaces/{id}/restore")).json(&body).send().await).await
+    }
+
+    /// Pauses a running workspace (memory saved, VM gone).
+    pub async fn pause(&self, id: &str) -> Result<WorkspaceStatus, NodeClientError> {
+        self.action(id, "pause").await
+    }
+
+    /// Resumes a paused workspace.
+    pub async fn resume(&self, id: &str) -> Result<WorkspaceStatus, NodeClientError> {
+        self.action(id, "resume").await
+    }
+
+    /// Forks a running workspace.
+    pub async fn fork(&self, id: &str, req: &crate::ForkRequest) -> Result<crate::ForkResponse, NodeClientError> {
+        Self::json(self.req(reqwest::Method::POST, &format!("/workspaces/{id}/fork")).json(req).send().await).await
+    }
+
+    /// All snapshot artifacts on the node.
+    pub async fn snapshots(&self) -> Result<Vec<crate::SnapshotMeta>, NodeClientError> {
+        Self::json(self.req(reqwest::Method::GET, "/snapshots").send().await).await
+    }
+
+    /// Deletes a snapshot artifact.
+    pub async fn delete_snapshot(&self, sid: &str) -> Result<(), NodeClientError> {
+        Self::check(self.req(reqwest::Method::DELETE, &format!("/snapshots/{sid}")).send().await).await.map(|_| ())
+    }
+
     /// Opens an interactive session (the guest agent's session protocol).
     pub async fn session(&self, id: &str) -> Result<WsStream, NodeClientError> {
         self.ws(&format!("/workspaces/{id}/session")).await

@@ -26,6 +26,11 @@
 //! | `GET/PUT /v1/workspaces/{id}/files?path=P` | file bytes |
 //! | `GET /v1/workspaces/{id}/files/stat|list?path=P` | `FileInfo` |
 //! | `GET /v1/workspaces/{id}/console?offset=N` | [`ConsoleChunk`] of the serial console log |
+//! | `POST /v1/workspaces/{id}/snapshots` | [`CreateSnapshot`] → [`SnapshotMeta`] (disk: stopped; live: running) |
+//! | `POST /v1/workspaces/{id}/restore` | [`RestoreSnapshot`]: disk snapshot → `stopped`, live → `paused` |
+//! | `POST /v1/workspaces/{id}/pause` / `resume` | memory to disk and back; `paused` frees the VM's memory |
+//! | `POST /v1/workspaces/{id}/fork` | [`ForkRequest`] → [`ForkResponse`]: new running workspaces |
+//! | `GET /v1/snapshots`, `GET/DELETE /v1/snapshots/{sid}` | artifacts; delete is 409 while a workspace uses one |
 //! | `GET /v1/workspaces/{id}/stats` | [`WorkspaceStats`] (host and guest view) |
 //! | `GET /v1/workspaces/{id}/ports` | `[ListeningPort]` |
 //! | `GET /v1/workspaces/{id}/journal?unit=U&lines=N` | `[JournalLine]` |
@@ -60,6 +65,10 @@ pub mod codes {
     pub const GUEST: &str = "guest_error";
     /// The node lacks capacity.
     pub const CAPACITY: &str = "insufficient_capacity";
+    /// A snapshot artifact failed its checksum or format check.
+    pub const CORRUPT: &str = "corrupt_snapshot";
+    /// A snapshot is in use (a workspace's disk is backed by it).
+    pub const IN_USE: &str = "in_use";
     /// Missing or wrong node token.
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// Anything else.
@@ -184,6 +193,108 @@ pub struct ConsoleChunk {
     pub data: String,
     /// Offset to ask for next.
     pub next_offset: u64,
+}
+
+/// Kind of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// The root disk of a stopped workspace.
+    Disk,
+    /// Memory, device state and a consistent disk copy of a running workspace.
+    Live,
+}
+
+/// A file of a snapshot artifact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArtifactFile {
+    /// File name inside the artifact.
+    pub name: String,
+    /// Apparent size in bytes.
+    pub bytes: u64,
+    /// BLAKE3 over the file's data (holes hashed as their offsets).
+    pub blake3: String,
+}
+
+/// `meta.json` of a snapshot artifact (format `rigbox-snapshot`, version 1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotMeta {
+    /// Always `rigbox-snapshot`.
+    pub format: String,
+    /// Format version; a reader refuses a different major version.
+    pub version: u32,
+    /// Snapshot id.
+    pub id: String,
+    /// Kind.
+    pub kind: SnapshotKind,
+    /// Workspace it was taken from.
+    pub workspace_id: String,
+    /// Backend that wrote the memory state (live snapshots restore only there).
+    pub backend: String,
+    /// vCPUs of the source.
+    pub vcpus: u32,
+    /// Memory of the source (MiB).
+    pub ram_mb: u32,
+    /// Disk size of the source (MiB).
+    pub disk_mb: u32,
+    /// Template of the source.
+    pub template: String,
+    /// Creation time (ms since the epoch).
+    pub created_unix_ms: u64,
+    /// Files and their checksums.
+    pub files: Vec<ArtifactFile>,
+    /// Bytes allocated on the node's disk by the artifact.
+    pub allocated_bytes: u64,
+    /// Time spent (ms): total, and with the vCPUs paused.
+    pub took_ms: u64,
+    /// Of which the guest was paused (live snapshots).
+    pub paused_ms: u64,
+}
+
+/// `POST /v1/workspaces/{id}/snapshots`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CreateSnapshot {
+    /// Id of the new snapshot.
+    pub snapshot_id: String,
+    /// Live (running workspace, memory kept) or disk only (stopped workspace).
+    pub live: bool,
+}
+
+/// `POST /v1/workspaces/{id}/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestoreSnapshot {
+    /// The snapshot.
+    pub snapshot_id: String,
+}
+
+/// One new workspace of a fork.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForkTarget {
+    /// Id of the new workspace.
+    pub id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// Its metadata (`/etc/rigbox/workspace.json`).
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+}
+
+/// `POST /v1/workspaces/{id}/fork`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForkRequest {
+    /// Id of the live snapshot the forks start from (taken now).
+    pub snapshot_id: String,
+    /// The new workspaces.
+    pub forks: Vec<ForkTarget>,
+}
+
+/// Answer of a fork.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForkResponse {
+    /// The snapshot the forks share.
+    pub snapshot: SnapshotMeta,
+    /// The new workspaces (running).
+    pub workspaces: Vec<WorkspaceStatus>,
 }
 
 /// `GET /v1/workspaces/{id}/stats`: host-side counters plus the guest's view.

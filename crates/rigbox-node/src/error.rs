@@ -54,6 +54,15 @@ pub enum NodeError {
     /// A host command failed.
     #[error("{0}")]
     Command(String),
+    /// No such snapshot.
+    #[error("Snapshot {0} not found on this node")]
+    SnapshotNotFound(String),
+    /// A snapshot artifact is damaged or of an unknown format.
+    #[error("Snapshot artifact is not usable: {0}")]
+    Corrupt(String),
+    /// The resource is used by another one.
+    #[error("{0}")]
+    InUse(String),
 }
 
 pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -65,7 +74,9 @@ impl NodeError {
     /// HTTP status and stable code.
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
-            NodeError::NotFound(_) => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
+            NodeError::NotFound(_) | NodeError::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
+            NodeError::Corrupt(_) => (StatusCode::UNPROCESSABLE_ENTITY, codes::CORRUPT),
+            NodeError::InUse(_) => (StatusCode::CONFLICT, codes::IN_USE),
             NodeError::Exists(_) => (StatusCode::CONFLICT, codes::EXISTS),
             NodeError::State(_) | NodeError::NotRunning(_) => (StatusCode::CONFLICT, codes::WRONG_STATE),
             NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, codes::INVALID),

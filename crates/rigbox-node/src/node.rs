@@ -24,7 +24,7 @@ use rigbox_image::Pipeline;
 use rigbox_netns::{Slot, GUEST_MAC, TAP_NAME};
 use rigbox_node_api::{Capacity, CreateWorkspace, Failure, NodeInfo, Resources, WorkspaceStatus};
 use rigbox_types::{Event, WorkspaceState};
-use rigbox_vmm::{is_alive, Accel, BackendKind, VmConfig, VmProcess, Vmm};
+use rigbox_vmm::{is_alive, Accel, BackendKind, DiskFormat, VmConfig, VmProcess, Vmm};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -79,6 +79,12 @@ pub struct Record {
     pub boot_ms: Option<u64>,
     /// Last state change.
     pub state_changed_unix_ms: u64,
+    /// Root disk format (`qcow2` for forks on QEMU, over a snapshot's disk).
+    #[serde(default)]
+    pub disk_format: DiskFormat,
+    /// The snapshot whose disk backs this workspace's qcow2 overlay.
+    #[serde(default)]
+    pub backing_snapshot: Option<String>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -107,20 +113,30 @@ impl Ws {
         Guest::new(self.slot())
     }
 
-    fn disk(&self) -> PathBuf {
-        self.dir.join("disk.raw")
+    /// The root disk file for the record's disk format.
+    pub(crate) fn disk_of(&self, rec: &Record) -> PathBuf {
+        match rec.disk_format {
+            DiskFormat::Raw => self.dir.join("disk.raw"),
+            DiskFormat::Qcow2 => self.dir.join("disk.qcow2"),
+        }
+    }
+
+    /// Where a paused workspace keeps its memory and device state.
+    pub(crate) fn paused_dir(&self) -> PathBuf {
+        self.dir.join("paused")
     }
 
     fn console(&self) -> PathBuf {
         self.dir.join("console.log")
     }
 
-    fn vm_config(&self, rec: &Record, kernel: &Path) -> VmConfig {
+    pub(crate) fn vm_config(&self, rec: &Record, kernel: &Path) -> VmConfig {
         let slot = self.slot();
         VmConfig {
             id: self.scoped.clone(),
             kernel: kernel.to_path_buf(),
-            disk: self.disk(),
+            disk: self.disk_of(rec),
+            disk_format: rec.disk_format,
             vcpus: rec.spec.vcpus,
             mem_mb: rec.spec.ram_mb,
             netns: slot.name().to_string(),
@@ -132,19 +148,19 @@ impl Ws {
         }
     }
 
-    async fn persist(&self, rec: &Record) -> Result<(), NodeError> {
+    pub(crate) async fn persist(&self, rec: &Record) -> Result<(), NodeError> {
         write_record(&self.dir, rec).await
     }
 
     /// Applies `event` and persists; the caller holds the lock.
-    async fn transition(&self, rec: &mut Record, event: Event) -> Result<(), NodeError> {
+    pub(crate) async fn transition(&self, rec: &mut Record, event: Event) -> Result<(), NodeError> {
         let next = rec.state.apply(event)?;
         rec.state = next;
         rec.state_changed_unix_ms = now_ms();
         self.persist(rec).await
     }
 
-    fn status(&self, rec: &Record) -> WorkspaceStatus {
+    pub(crate) fn status(&self, rec: &Record) -> WorkspaceStatus {
         WorkspaceStatus {
             id: self.id.clone(),
             state: rec.state,
@@ -172,7 +188,7 @@ impl Ws {
     }
 }
 
-async fn write_record(dir: &Path, rec: &Record) -> Result<(), NodeError> {
+pub(crate) async fn write_record(dir: &Path, rec: &Record) -> Result<(), NodeError> {
     let tmp = dir.join("record.json.tmp");
     let bytes = serde_json::to_vec_pretty(rec).map_err(|e| NodeError::Invalid(e.to_string()))?;
     tokio::fs::write(&tmp, bytes).await.map_err(io("writing the workspace record"))?;
@@ -252,7 +268,7 @@ impl Node {
         &self.inner.images
     }
 
-    fn ws_root(&self) -> PathBuf {
+    pub(crate) fn ws_root(&self) -> PathBuf {
         self.inner.cfg.data_dir.join("workspaces")
     }
 
@@ -388,6 +404,8 @@ impl Node {
                 failure: None,
                 boot_ms: None,
                 state_changed_unix_ms: now_ms(),
+                disk_format: DiskFormat::Raw,
+                backing_snapshot: None,
             };
             write_record(&dir, &rec).await?;
             tokio::fs::remove_file(dir.join(".creating")).await.map_err(io("finishing create"))?;
@@ -424,7 +442,7 @@ impl Node {
         let kernel = self.inner.images.resolve_kernel().map_err(|_| {
             NodeError::ImageMissing("the guest kernel is not built on this node (run `rigboxd image build`)".into())
         })?;
-        if !ws.disk().exists() {
+        if !ws.disk_of(&rec).exists() {
             return Err(NodeError::Invalid(format!("the disk of {id} is missing")));
         }
         rec.state = WorkspaceState::Starting;
@@ -587,7 +605,13 @@ impl Node {
     pub async fn stop(&self, id: &str, force: bool) -> Result<WorkspaceStatus, NodeError> {
         let ws = self.get(id)?;
         let mut rec = ws.rec.lock().await;
+        let was = rec.state;
         ws.transition(&mut rec, Event::Stop).await?;
+        if was == WorkspaceState::Paused {
+            // Stopping a paused workspace discards its memory; the disk stays.
+            let _ = tokio::fs::remove_dir_all(ws.paused_dir()).await;
+            return Ok(ws.status(&rec));
+        }
         let status = ws.status(&rec);
         if force {
             self.halt(&ws, &mut rec).await;
@@ -666,7 +690,11 @@ impl Node {
             if d < rec.spec.disk_mb {
                 return Err(NodeError::Invalid(format!("the disk cannot shrink (it is {} MiB)", rec.spec.disk_mb)));
             }
-            disk::grow(&ws.disk(), u64::from(d)).await?;
+            if rec.disk_format == DiskFormat::Qcow2 {
+                // A fork's copy-on-write disk becomes a private raw disk first.
+                crate::snapshot::flatten(&ws, &mut rec).await?;
+            }
+            disk::grow(&ws.disk_of(&rec), u64::from(d)).await?;
             rec.spec.disk_mb = d;
         }
         if let Some(v) = r.vcpus {
@@ -732,7 +760,10 @@ impl Node {
             s.net_rx_bytes = tx;
         }
         use std::os::unix::fs::MetadataExt;
-        s.disk_allocated_bytes = std::fs::metadata(ws.disk()).map(|m| m.blocks() * 512).unwrap_or(0);
+        s.disk_allocated_bytes = {
+            let rec = ws.rec.lock().await;
+            std::fs::metadata(ws.disk_of(&rec)).map(|m| m.blocks() * 512).unwrap_or(0)
+        };
         if running {
             s.guest = ws
                 .guest()
@@ -828,6 +859,7 @@ impl Node {
                 }
             }
         }
+        self.reclaim_snapshots().await;
         for ws in loaded {
             self.adopt(&ws, kernel.as_deref()).await;
             let state = ws.rec.lock().await.state;

@@ -68,6 +68,10 @@ pub enum Event {
     PauseDone,
     /// A user asks to resume.
     Resume,
+    /// Restoring the saved memory failed; the saved state is kept.
+    ResumeFailed,
+    /// A live snapshot was restored into a workspace that is not running.
+    RestoreLive,
     /// A user deletes the workspace.
     Delete,
 }
@@ -103,6 +107,8 @@ impl std::fmt::Display for Event {
             Event::Pause => "pause",
             Event::PauseDone => "finish pausing",
             Event::Resume => "resume",
+            Event::ResumeFailed => "fail resuming",
+            Event::RestoreLive => "restore a live snapshot into",
             Event::Delete => "delete",
         })
     }
@@ -170,6 +176,8 @@ impl WorkspaceState {
             (S::Running, E::Pause) => S::Paused,
             (S::Paused, E::PauseDone) => S::Paused,
             (S::Paused, E::Resume) => S::Starting,
+            (S::Starting, E::ResumeFailed) => S::Paused,
+            (S::Provisioned | S::Stopped | S::Failed | S::Paused, E::RestoreLive) => S::Paused,
             (s, E::Delete) if s != S::Deleting => S::Deleting,
             (state, event) => return Err(IllegalTransition { state, event }),
         };
@@ -202,7 +210,7 @@ mod tests {
         assert!(S::Deleting.apply(E::Delete).is_err());
         // Exhaustive: every pair either moves or errs.
         for s in S::ALL {
-            for e in [E::Start, E::Provisioned, E::Booted, E::BootFailed, E::Crashed, E::Stop, E::Halted, E::Cancel, E::Retry, E::Pause, E::PauseDone, E::Resume, E::Delete] {
+            for e in [E::Start, E::Provisioned, E::Booted, E::BootFailed, E::Crashed, E::Stop, E::Halted, E::Cancel, E::Retry, E::Pause, E::PauseDone, E::Resume, E::ResumeFailed, E::RestoreLive, E::Delete] {
                 let _ = s.apply(e);
             }
         }

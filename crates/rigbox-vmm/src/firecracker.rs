@@ -185,6 +185,9 @@ impl FirecrackerVmm {
     /// Prepares the directory Firecracker works in: a fresh chroot under the
     /// jailer, the disk link, and a removed stale API socket.
     async fn prepare(&self, cfg: &VmConfig, lay: &Layout) -> Result<(), VmmError> {
+        if cfg.disk_format != crate::DiskFormat::Raw {
+            return Err(VmmError::Unsupported { backend: BackendKind::Firecracker, what: format!("{} disks", cfg.disk_format) });
+        }
         tokio::fs::create_dir_all(&cfg.run_dir).await.map_err(io_err("creating the run dir"))?;
         let disk = absolute(&cfg.disk)?;
         if !disk.is_file() {
@@ -527,6 +530,7 @@ mod tests {
             id: id.into(),
             kernel: "/k".into(),
             disk: "/d".into(),
+            disk_format: crate::DiskFormat::Raw,
             vcpus: 1,
             mem_mb: 128,
             netns: "rbx-x".into(),

@@ -67,6 +67,26 @@ impl std::fmt::Display for Accel {
     }
 }
 
+/// Format of a root disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A raw ext4 image (both backends).
+    #[default]
+    Raw,
+    /// A qcow2 overlay over a raw backing file (QEMU only).
+    Qcow2,
+}
+
+impl std::fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        })
+    }
+}
+
 /// Everything needed to run one VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -74,8 +94,11 @@ pub struct VmConfig {
     pub id: String,
     /// Kernel ELF.
     pub kernel: PathBuf,
-    /// Raw root disk, writable.
+    /// Root disk, writable.
     pub disk: PathBuf,
+    /// Format of the root disk (`raw`, or a `qcow2` copy-on-write overlay on QEMU).
+    #[serde(default)]
+    pub disk_format: DiskFormat,
     /// vCPUs.
     pub vcpus: u32,
     /// Guest memory in MiB.
@@ -115,13 +138,34 @@ impl VmConfig {
             }
         }
         if accel == Accel::Tcg {
-            // Without these the TSC calibration hangs under TCG.
-            a.push("tsc_early_khz=2000000".into());
-            a.push("lpj=8000000".into());
+            // Without these the TSC calibration hangs under TCG. The guest's TSC
+            // ticks at the host's rate, so tell the guest the host's frequency:
+            // any other value makes the guest clock run fast or slow.
+            let khz = host_tsc_khz();
+            a.push(format!("tsc_early_khz={khz}"));
+            a.push(format!("lpj={}", u64::from(khz) * 4));
         }
         a.extend(self.extra_args.iter().cloned());
         a.join(" ")
     }
+}
+
+/// The host's TSC frequency in kHz (from /proc/cpuinfo), 2 GHz if unknown.
+pub fn host_tsc_khz() -> u32 {
+    static KHZ: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("cpu MHz"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .map(|mhz| (mhz * 1000.0) as u32)
+            .filter(|k| *k > 100_000)
+            .unwrap_or(2_000_000)
+    })
 }
 
 /// Files of a VM snapshot (memory and device state), as a backend wrote them.
@@ -239,6 +283,7 @@ mod tests {
             id: "ws-1".into(),
             kernel: "/k".into(),
             disk: "/d".into(),
+            disk_format: DiskFormat::Raw,
             vcpus: 1,
             mem_mb: 256,
             netns: "rbx-ws-1".into(),

@@ -65,7 +65,7 @@ impl QemuVmm {
             "-append".into(),
             cfg.kernel_args(BackendKind::Qemu, self.accel),
             "-drive".into(),
-            format!("id=root,file={},format=raw,if=none,discard=unmap", cfg.disk.display()),
+            format!("id=root,file={},format={},if=none,discard=unmap", cfg.disk.display(), cfg.disk_format),
             "-device".into(),
             "virtio-blk-device,drive=root".into(),
             "-netdev".into(),

@@ -136,6 +136,7 @@ fn vm_config(id: &str, slot: &Slot, kernel: &Path, disk: &Path, dir: &Path) -> V
         id: id.into(),
         kernel: kernel.into(),
         disk: disk.into(),
+        disk_format: rigbox_vmm::DiskFormat::Raw,
         vcpus: 1,
         mem_mb: MEM_MB,
         netns: slot.name().into(),
