@@ -290,8 +290,11 @@ async fn run_session_channel(channel: Channel<Msg>, ctx: ChannelCtx) {
     }
 }
 
+/// A terminal dimension. 0 stays 0, as with OpenSSH's sshd: the client
+/// did not know its size (e.g. `ssh -tt` without a local terminal), and
+/// programs in the guest then fall back to terminfo's 80x24.
 fn clamp(v: u32) -> u16 {
-    u16::try_from(v).unwrap_or(u16::MAX).max(1)
+    u16::try_from(v).unwrap_or(u16::MAX)
 }
 
 enum Exit {
