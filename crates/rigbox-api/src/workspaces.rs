@@ -375,6 +375,12 @@ pub async fn finish_delete(st: &AppState, id: &str, node_id: &str) -> ApiResult<
         }
         Err(e) => return Err(node_error(e, "deleting the workspace")),
     }
+    // Its snapshots go too, except those still backing another workspace's disk.
+    for s in st.store().snapshots_of_workspace(id).await.unwrap_or_default() {
+        if let Err(e) = crate::snapshots::remove_snapshot(st, &s).await {
+            tracing::info!(snapshot = %s.id, "kept a snapshot of a deleted workspace: {}", e.message);
+        }
+    }
     st.store().delete_workspace(id).await?;
     tracing::info!(workspace = id, "workspace deleted");
     Ok(true)

@@ -420,11 +420,17 @@ impl Node {
             let tmp_paused = ws.dir.join("paused.tmp");
             let _ = tokio::fs::remove_dir_all(&tmp_paused).await;
             tokio::fs::create_dir_all(&tmp_paused).await.map_err(io("creating paused/"))?;
-            for f in ["vmstate", "memory", "meta.json"] {
+            for f in ["vmstate", "memory"] {
                 if dir.join(f).exists() {
                     run(Command::new("cp").arg("--sparse=always").arg(dir.join(f)).arg(tmp_paused.join(f)), "copying the memory state").await?;
                 }
             }
+            // The paused state holds memory and device state; the disk is the workspace's.
+            let mut pmeta = meta.clone();
+            pmeta.files.retain(|f| f.name != "disk.raw");
+            tokio::fs::write(tmp_paused.join("meta.json"), serde_json::to_vec_pretty(&pmeta).unwrap_or_default())
+                .await
+                .map_err(io("writing the paused meta.json"))?;
             tokio::fs::rename(&tmp_paused, &paused).await.map_err(io("installing paused/"))?;
         }
         let old = ws.disk_of(&rec);
