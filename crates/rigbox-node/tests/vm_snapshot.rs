@@ -112,7 +112,7 @@ async fn vm_pause_resume_keeps_processes_and_frees_memory() {
     assert_ne!(s.pid, Some(pid_before));
     eprintln!("resume took {:?} ms", s.boot_ms);
     assert_eq!(count(&c, id).await, 3, "the counter continues, it did not restart");
-    assert!(sh(&c, id, "pgrep -x sleep").await.trim().len() > 0, "processes survive");
+    assert!(!sh(&c, id, "pgrep -x sleep").await.trim().is_empty(), "processes survive");
     let skew = sh(&c, id, "date +%s").await.trim().parse::<i64>().unwrap() - chrono_now();
     assert!(skew.abs() <= 2, "the clock was corrected after resume (skew {skew}s)");
 

@@ -90,7 +90,7 @@ async fn vm_snapshots_pause_resume_fork_over_http() {
     assert_eq!(status(alice.action(&id, "pause").await), 409);
     assert!(t.vm_processes().is_empty());
     alice.action(&id, "resume").await.unwrap();
-    assert!(sh(&alice, &id, "pgrep -x sleep").await.trim().len() > 0);
+    assert!(!sh(&alice, &id, "pgrep -x sleep").await.trim().is_empty());
 
     // Fork: two running copies; the shared snapshot cannot be deleted while they exist.
     for s in alice.get::<Value>("/snapshots").await.unwrap()["snapshots"].as_array().unwrap() {
