@@ -226,6 +226,29 @@ async fn vm_ssh_gateway_and_terminal() {
     let d = refused(gw.run(&kb, "box", "true", None).await, "box");
     assert!(a == b && b == c && c == d, "refusals must not tell which workspaces exist: {a:?} {b:?} {c:?} {d:?}");
 
+    // ---- Keys added or removed reach running workspaces' authorized_keys ----
+    let extra: Value = alice
+        .send(reqwest::Method::POST, "/ssh-keys", &json!({"name": "second", "public_key": std::fs::read_to_string(kx.with_extension("pub")).unwrap()}))
+        .await
+        .unwrap();
+    let count = |n: usize| {
+        let alice = &alice;
+        async move {
+            wait_until(Duration::from_secs(30), &format!("{n} keys in authorized_keys"), || async move {
+                let v: Value = alice.get("/workspaces/box/ssh-keys").await.ok()?;
+                (v["keys"].as_array()?.len() == n).then_some(())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    count(2).await;
+    let (code, out, _) = gw.run(&kx, "box", "echo second-key", None).await;
+    assert_eq!((code, out.as_str()), (0, "second-key\n"), "a newly added key logs in");
+    let _: Value = alice.call(reqwest::Method::DELETE, &format!("/ssh-keys/{}", extra["id"].as_str().unwrap())).await.unwrap();
+    count(1).await;
+    assert_eq!(gw.run(&kx, "box", "true", None).await.0, 255, "a removed key is refused at once");
+
     // ---- A workspace that is not running: a clear message, or +start ----
     let (code, _, err) = gw.run(&kb, "theirs", "true", None).await;
     assert_eq!(code, 1);
@@ -242,6 +265,11 @@ async fn vm_ssh_gateway_and_terminal() {
     let (code, out, _) = gw.run(&ka, "box", "sha256sum /tmp/up.bin", None).await;
     assert_eq!(code, 0);
     assert_eq!(out.split_whitespace().next(), Some(sha256_file(&up).as_str()), "uploaded bytes match");
+    // Large output of a plain command arrives whole.
+    let out = gw.ssh_cmd(&ka, "box").arg("--").arg("cat /tmp/up.bin").stdin(std::process::Stdio::null()).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout.len(), data.len(), "stdout of cat through the gateway");
+    assert_eq!(hex::encode(Sha256::digest(&out.stdout)), sha256_file(&up));
     let down = files.path().join("down.bin");
     let mut scp_args = opts(&ka);
     scp_args.extend(["-q".into(), "-P".into(), port.to_string(), "box@127.0.0.1:/tmp/up.bin".into(), down.display().to_string()]);
