@@ -43,6 +43,26 @@
 //!
 //! Every connection is its own shell: sessions on one workspace are
 //! independent. Closing the socket hangs up the shell (SIGHUP).
+//!
+//! With xterm.js (the token request is made with the API key by the page's
+//! backend, or by the page itself when it holds the key):
+//!
+//! ```js
+//! const { token } = await (await fetch(`/api/v1/workspaces/${ws}/terminal/token`,
+//!   { method: "POST", headers: { Authorization: `Bearer ${key}` } })).json();
+//! const term = new Terminal(); term.open(el);
+//! const sock = new WebSocket(`wss://${host}/api/v1/workspaces/${ws}/terminal` +
+//!   `?token=${token}&rows=${term.rows}&cols=${term.cols}`);
+//! sock.binaryType = "arraybuffer";
+//! sock.onmessage = (e) => {
+//!   if (typeof e.data !== "string") return term.write(new Uint8Array(e.data));
+//!   const m = JSON.parse(e.data);
+//!   if (m.type === "exit") term.write(`\r\n[exited with ${m.code}]\r\n`);
+//!   if (m.type === "error") term.write(`\r\n[error: ${m.message}]\r\n`);
+//! };
+//! term.onData((data) => sock.send(JSON.stringify({ type: "input", data })));
+//! term.onResize(({ rows, cols }) => sock.send(JSON.stringify({ type: "resize", rows, cols })));
+//! ```
 
 use crate::auth::Auth;
 use crate::error::{node_error, ApiError, ApiResult};

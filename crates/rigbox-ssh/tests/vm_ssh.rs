@@ -362,6 +362,41 @@ async fn vm_ssh_gateway_and_terminal() {
     assert_eq!(st.code(), Some(3), "the shell's exit code is ssh's; output:\n{}", screen.text());
     reader.abort();
 
+    // ---- SSH `signal` requests (OpenSSH's client cannot send them; russh's can) ----
+    {
+        struct AnyHost;
+        impl russh::client::Handler for AnyHost {
+            type Error = russh::Error;
+            async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+                Ok(true)
+            }
+        }
+        let mut h = russh::client::connect(Arc::new(russh::client::Config::default()), ("127.0.0.1", port), AnyHost).await.unwrap();
+        let k = russh::keys::load_secret_key(&ka, None).unwrap();
+        let auth = h.authenticate_publickey("box", russh::keys::PrivateKeyWithHashAlg::new(Arc::new(k), None)).await.unwrap();
+        assert!(auth.success());
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "trap 'echo got-int; exit 42' INT; echo ready; while true; do sleep 0.2; done").await.unwrap();
+        let (mut out, mut code, mut signalled) = (String::new(), None, false);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while code.is_none() && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(60), ch.wait()).await.unwrap() {
+                Some(russh::ChannelMsg::Data { data }) => {
+                    out.push_str(&String::from_utf8_lossy(&data));
+                    if out.contains("ready") && !signalled {
+                        ch.signal(russh::Sig::INT).await.unwrap();
+                        signalled = true;
+                    }
+                }
+                Some(russh::ChannelMsg::ExitStatus { exit_status }) => code = Some(exit_status),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert_eq!(code, Some(42), "the INT signal reached the command's trap; output: {out:?}");
+        assert!(out.contains("got-int"), "{out:?}");
+    }
+
     // ---- Browser terminal over WebSocket: header auth and token auth, concurrently ----
     let api = t.url().replacen("http", "ws", 1);
     let mut req = format!("{api}/api/v1/workspaces/box/terminal?rows=24&cols=80").into_client_request().unwrap();
