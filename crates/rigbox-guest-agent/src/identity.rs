@@ -61,7 +61,9 @@ pub async fn apply(st: &AgentState, req: InitRequest) -> Result<(), AgentError> 
         }
         set_hostname(h).await?;
     }
-    if req.regenerate_identity {
+    if let Some(keys) = &req.ssh_host_keys {
+        install_host_keys(keys).await?;
+    } else if req.regenerate_identity {
         regenerate_host_keys().await?;
     }
     if let Some(env) = &req.env {
@@ -116,6 +118,30 @@ async fn regenerate_host_keys() -> Result<(), AgentError> {
             let _ = Command::new("systemctl").args(["try-restart", "--no-block", "ssh.service"]).status().await;
         }
     });
+    Ok(())
+}
+
+async fn install_host_keys(keys: &[rigbox_guest_proto::SshHostKey]) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    for k in keys {
+        if !matches!(k.kind.as_str(), "ed25519" | "ecdsa" | "rsa") {
+            return Err(AgentError::bad_request(format!("unknown host key kind {:?}", k.kind)));
+        }
+    }
+    if let Ok(mut rd) = tokio::fs::read_dir("/etc/ssh").await {
+        while let Ok(Some(e)) = rd.next_entry().await {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                let _ = tokio::fs::remove_file(e.path()).await;
+            }
+        }
+    }
+    for k in keys {
+        let path = format!("/etc/ssh/ssh_host_{}_key", k.kind);
+        tokio::fs::write(&path, &k.private_key).await?;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).await?;
+        tokio::fs::write(format!("{path}.pub"), format!("{}\n", k.public_key.trim())).await?;
+    }
+    let _ = Command::new("systemctl").args(["try-restart", "--no-block", "ssh.service"]).status().await;
     Ok(())
 }
 

@@ -84,9 +84,13 @@ pub struct InitRequest {
     /// Random bytes (hex) mixed into the guest's RNG, which is then reseeded.
     #[serde(default)]
     pub entropy_hex: Option<String>,
-    /// Regenerate SSH host keys and machine id (forks and template restores).
+    /// Regenerate SSH host keys (forks and template restores).
     #[serde(default)]
     pub regenerate_identity: bool,
+    /// New SSH host keys made by the host (fast even when the guest is
+    /// emulated); with `regenerate_identity` and no keys, the guest makes them.
+    #[serde(default)]
+    pub ssh_host_keys: Option<Vec<SshHostKey>>,
     /// Environment for login shells and services (replaces the previous set).
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
@@ -96,6 +100,17 @@ pub struct InitRequest {
     /// Non-secret metadata written to `/etc/rigbox/workspace.json`.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+}
+
+/// An SSH host key pair for `/etc/ssh/ssh_host_<kind>_key`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SshHostKey {
+    /// `ed25519`, `ecdsa` or `rsa`.
+    pub kind: String,
+    /// OpenSSH private key.
+    pub private_key: String,
+    /// OpenSSH public key line.
+    pub public_key: String,
 }
 
 /// `POST /v1/exec`.

@@ -964,6 +964,7 @@ pub(crate) fn init_request(rec: &Record, id: &str, node_id: &str, regenerate: bo
     meta["template"] = serde_json::json!(rec.spec.template);
     meta["host_address"] = serde_json::json!(std::net::Ipv4Addr::from(HOST_ADDR).to_string());
     InitRequest {
+        ssh_host_keys: if regenerate { host_keys(&rec.spec.hostname) } else { None },
         hostname: Some(rec.spec.hostname.clone()),
         clock_unix_ms: Some(now_ms()),
         entropy_hex: Some(hex::encode(seed)),
@@ -972,6 +973,41 @@ pub(crate) fn init_request(rec: &Record, id: &str, node_id: &str, regenerate: bo
         authorized_keys: Some(rec.spec.authorized_keys.clone()),
         metadata: Some(meta),
     }
+}
+
+/// Fresh SSH host keys made with the host's `ssh-keygen` (milliseconds here,
+/// seconds inside an emulated guest). None when ssh-keygen is missing; the
+/// guest then makes its own.
+fn host_keys(hostname: &str) -> Option<Vec<rigbox_guest_proto::SshHostKey>> {
+    let dir = tempfile_dir()?;
+    let mut keys = Vec::new();
+    for (kind, extra) in [("ed25519", vec![]), ("ecdsa", vec!["-b", "256"]), ("rsa", vec!["-b", "3072"])] {
+        let path = dir.join(kind);
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-C", &format!("root@{hostname}"), "-f"])
+            .arg(&path)
+            .args(extra)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        }
+        let private_key = std::fs::read_to_string(&path).ok()?;
+        let public_key = std::fs::read_to_string(path.with_extension("pub")).ok()?;
+        keys.push(rigbox_guest_proto::SshHostKey { kind: kind.into(), private_key, public_key });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(keys)
+}
+
+fn tempfile_dir() -> Option<PathBuf> {
+    let mut b = [0u8; 8];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut b[..]);
+    let d = std::env::temp_dir().join(format!("rigbox-hostkeys-{}", hex::encode(b)));
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(&d).ok()?;
+    Some(d)
 }
 
 async fn load_node_id(data_dir: &Path) -> Result<String, NodeError> {

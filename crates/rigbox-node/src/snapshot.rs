@@ -544,7 +544,11 @@ impl Node {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let mut init = crate::node::init_request(rec, &ws.id, &self.inner.node_id, new_identity);
+            let (r2, id2, node2) = (rec.clone(), ws.id.clone(), self.inner.node_id.clone());
+            // Making host keys runs ssh-keygen: keep it off the async workers.
+            let mut init = tokio::task::spawn_blocking(move || crate::node::init_request(&r2, &id2, &node2, new_identity))
+                .await
+                .map_err(|e| NodeError::Invalid(e.to_string()))?;
             if !new_identity {
                 // Same workspace: only the clock and the RNG need fixing.
                 init.hostname = None;
