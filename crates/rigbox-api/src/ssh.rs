@@ -8,7 +8,7 @@
 //! | `DELETE /ssh-keys/{id}` | `{message}` |
 //! | `GET /workspaces/{id}/ssh-keys` | `{keys:[{key_type, fingerprint, comment}]}` parsed from the guest's `~developer/.ssh/authorized_keys` |
 //! | `POST /workspaces/{id}/ssh-keys/sync` | `{synced, keys}`: the user's keys written to that file |
-//! | `GET /workspaces/{id}/ssh-info` | `{workspace, workspace_id, status, user, host, port, ssh_target, command}` |
+//! | `GET /workspaces/{id}/ssh-info` | `{workspace, workspace_id, status, user, host, port, ssh_target, command, host_key_fingerprint}` |
 //!
 //! Public keys are OpenSSH lines (`ssh-ed25519 AAAA… comment`), validated
 //! and stored with their SHA-256 fingerprint; a key belongs to one user only,
@@ -112,6 +112,8 @@ pub struct GatewayAddress {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// SHA-256 fingerprint of the gateway's host key (to check on first connect).
+    pub host_key_fingerprint: Option<String>,
 }
 
 /// `POST /ssh-keys`.
@@ -199,6 +201,8 @@ pub struct SshInfo {
     pub ssh_target: String,
     /// A ready `ssh` command line.
     pub command: String,
+    /// The gateway's host key fingerprint (`SHA256:…`), as `ssh` shows it on first connect.
+    pub host_key_fingerprint: Option<String>,
 }
 
 /// `POST /workspaces/{id}/terminal/token`.
@@ -325,7 +329,7 @@ async fn sync_keys(State(st): State<AppState>, auth: Auth, Path(id): Path<String
 pub fn gateway_address(st: &AppState) -> GatewayAddress {
     st.ext::<GatewayAddress>()
         .map(|a| (*a).clone())
-        .unwrap_or_else(|| GatewayAddress { host: st.config().ssh_host.clone(), port: st.config().ssh_port })
+        .unwrap_or_else(|| GatewayAddress { host: st.config().ssh_host.clone(), port: st.config().ssh_port, host_key_fingerprint: None })
 }
 
 async fn ssh_info(State(st): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Json<SshInfo>> {
@@ -341,6 +345,7 @@ async fn ssh_info(State(st): State<AppState>, auth: Auth, Path(id): Path<String>
         host: a.host,
         port: a.port,
         ssh_target: target,
+        host_key_fingerprint: a.host_key_fingerprint,
     }))
 }
 

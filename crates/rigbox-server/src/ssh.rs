@@ -83,7 +83,12 @@ pub async fn start(s: &Settings, cp: &ControlPlaneHandle) -> anyhow::Result<Opti
         .with_context(|| format!("binding the SSH gateway on {}", s.ssh_listen))?;
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.ip().to_string() };
-    cp.state.set_ext(Arc::new(rigbox_api::ssh::GatewayAddress { host: host.clone(), port: addr.port() }));
+    let fingerprint = rigbox_ssh::keys::fingerprint(key.public_key());
+    cp.state.set_ext(Arc::new(rigbox_api::ssh::GatewayAddress {
+        host: host.clone(),
+        port: addr.port(),
+        host_key_fingerprint: Some(fingerprint.clone()),
+    }));
     let mut cfg = GatewayConfig::new(key);
     cfg.public_host = host;
     cfg.public_port = addr.port();
@@ -96,6 +101,6 @@ pub async fn start(s: &Settings, cp: &ControlPlaneHandle) -> anyhow::Result<Opti
             tracing::error!("SSH gateway stopped: {e}");
         }
     });
-    tracing::info!(%addr, host_key = %key_path.display(), "SSH gateway listening");
+    tracing::info!(%addr, host_key = %key_path.display(), %fingerprint, "SSH gateway listening");
     Ok(Some(Handle { addr, stop, task }))
 }

@@ -193,6 +193,11 @@ async fn vm_ssh_gateway_and_terminal() {
     let port = info["port"].as_u64().unwrap() as u16;
     assert_eq!(info["ssh_target"], "box@127.0.0.1");
     assert_eq!(port, t.p().ssh.as_ref().unwrap().addr.port());
+    let host_key = std::fs::read_to_string(t.settings.data_dir.join("ssh_host_ed25519_key")).expect("host key in the data dir");
+    let host_key = russh::keys::PrivateKey::from_openssh(host_key.as_bytes()).unwrap();
+    assert_eq!(info["host_key_fingerprint"], rigbox_ssh::keys::fingerprint(host_key.public_key()));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(t.settings.data_dir.join("ssh_host_ed25519_key")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the host key is private");
     let gw = Gw { port };
 
     // The key was put into authorized_keys at creation; sync rewrites it.
@@ -488,6 +493,12 @@ async fn vm_ssh_gateway_and_terminal() {
         let (code, out, _) = run_rig(vec!["ssh-key".into(), "ls".into()]).await;
         assert_eq!(code, 0);
         assert!(out.contains("laptop") && out.contains(added["fingerprint"].as_str().unwrap()), "{out}");
+        let kx_pub = kx.with_extension("pub").display().to_string();
+        let (code, out, _) = run_rig(vec!["ssh-key".into(), "add".into(), "--name".into(), "cli-key".into(), "--file".into(), kx_pub]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("cli-key"), "{out}");
+        assert_eq!(run_rig(vec!["ssh-key".into(), "rm".into(), "cli-key".into()]).await.0, 0);
+        assert_eq!(run_rig(vec!["ssh-key".into(), "rm".into(), "cli-key".into()]).await.0, 1, "already gone");
         let mut args: Vec<String> = vec!["ssh".into(), "box".into()];
         for o in opts(&ka) {
             args.push(format!("--ssh-arg={o}"));
