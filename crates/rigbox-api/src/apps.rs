@@ -1012,7 +1012,7 @@ fn unit_file(name: &str, d: &Detected, env_file: &str) -> String {
         pid = d.pid,
         proc = d.process_name.replace('\n', " "),
         user = d.user,
-        cwd = systemd_quote(&d.cwd),
+        cwd = d.cwd.replace('%', "%%"),
     )
 }
 
@@ -1337,7 +1337,7 @@ mod tests {
         };
         let u = unit_file("web", &d, "/etc/rigbox/apps/web.env");
         assert!(u.contains("ExecStart=@\"/usr/bin/python3.11\" \"python3\" \"-c\" \"print(\\\"$$HOME 100%%\\\")\""), "{u}");
-        assert!(u.contains("WorkingDirectory=\"/home/developer/my app\""));
+        assert!(u.contains("WorkingDirectory=/home/developer/my app\n"), "{u}");
         assert!(u.contains("User=developer"));
         assert_eq!(env_file(&d.env), "A=\"x\\\"y\"\n");
     }

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,7 +44,7 @@ pub struct EdgeConfig {
     pub base_domain: String,
     /// Plain-HTTP requests are redirected to HTTPS (except ACME challenges).
     pub https_redirect: bool,
-    /// Deadline for an app's response headers.
+    /// Deadline for an app's response headers, counted from the last progress of the request body.
     pub upstream_timeout: Duration,
     /// Deadline for opening a tunnel.
     pub connect_timeout: Duration,
@@ -162,6 +163,35 @@ impl hyper::body::Body for Metered {
             if let Some(d) = f.data_ref() {
                 self.metrics.bytes_out(&self.app_id, &self.host, d.len() as u64);
             }
+        }
+        p
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that records when it last made progress (ms after `t0`).
+struct Tracked {
+    inner: Incoming,
+    progress: Arc<AtomicU64>,
+    t0: Instant,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let p = Pin::new(&mut self.inner).poll_frame(cx);
+        if p.is_ready() {
+            let ms = u64::try_from(self.t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.progress.store(ms, Ordering::Relaxed);
         }
         p
     }
@@ -456,15 +486,30 @@ impl Edge {
             headers.insert(header::UPGRADE, u.clone());
         }
 
+        // The deadline counts from the last progress of the request body, so
+        // a long upload is not cut, but a stalled one or a silent app is.
+        let t0 = Instant::now();
+        let progress = Arc::new(AtomicU64::new(0));
+        let body = Tracked { inner: body, progress: progress.clone(), t0 };
         let mut out = Request::new(body.boxed());
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
         *out.version_mut() = Version::HTTP_11;
         *out.headers_mut() = headers;
 
-        let result = match tokio::time::timeout(self.cfg.upstream_timeout, self.upstream.send(out)).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::TimedOut(format!("no response within {:?}", self.cfg.upstream_timeout))),
+        let send = self.upstream.send(out);
+        tokio::pin!(send);
+        let result = loop {
+            let last = progress.load(Ordering::Relaxed);
+            let deadline = t0 + Duration::from_millis(last) + self.cfg.upstream_timeout;
+            tokio::select! {
+                r = &mut send => break r,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if progress.load(Ordering::Relaxed) == last {
+                        break Err(UpstreamError::TimedOut(format!("no response within {:?}", self.cfg.upstream_timeout)));
+                    }
+                }
+            }
         };
         let mut resp = match result {
             Ok(r) => r,
