@@ -150,6 +150,11 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), AcmeError> {
 impl Acme {
     /// A manager publishing HTTP-01 answers into `challenges` (the edge's).
     pub fn new(cfg: AcmeConfig, challenges: Arc<Challenges>) -> Self {
+        // instant-acme's HTTPS client uses the process-wide rustls provider,
+        // which cannot be guessed when more than one is compiled in.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
         Acme {
             cfg,
             challenges,

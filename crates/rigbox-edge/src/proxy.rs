@@ -329,7 +329,26 @@ impl Edge {
                 return error_page(StatusCode::SERVICE_UNAVAILABLE, "edge_unavailable", "Temporarily unavailable", "The edge could not look up this app.", html, Some(5));
             }
         };
-        if path.starts_with("/_rigbox/") {
+        let app_id = route.app_id.clone();
+        let metric_host = host.clone();
+        let r = self.routed(req, route, authority, host, peer, scheme, html).await;
+        self.metrics.response(&app_id, &metric_host, r.status().as_u16(), started.elapsed());
+        r
+    }
+
+    /// Everything after the route is known (counted in the app's metrics).
+    #[allow(clippy::too_many_arguments)]
+    async fn routed(
+        &self,
+        req: Request<Incoming>,
+        route: Route,
+        authority: String,
+        host: String,
+        peer: SocketAddr,
+        scheme: Scheme,
+        html: bool,
+    ) -> Response<Body> {
+        if req.uri().path().starts_with("/_rigbox/") {
             return self.own_page(req, &route, &host, scheme).await;
         }
 
@@ -408,7 +427,7 @@ impl Edge {
                 Some(retry),
             );
         }
-        self.forward(req, route, authority, host, peer, scheme, html, started).await
+        self.forward(req, route, authority, host, peer, scheme, html).await
     }
 
     /// The caller's identity from `X-Rigbox-Key` or the session cookie.
@@ -449,7 +468,6 @@ impl Edge {
         peer: SocketAddr,
         scheme: Scheme,
         html: bool,
-        started: Instant,
     ) -> Response<Body> {
         let upgrade = upgrade_of(req.version(), req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -513,14 +531,9 @@ impl Edge {
         };
         let mut resp = match result {
             Ok(r) => r,
-            Err(e) => {
-                let r = self.upstream_error(&route, &e, html);
-                self.metrics.response(&route.app_id, &host, r.status().as_u16(), started.elapsed());
-                return r;
-            }
+            Err(e) => return self.upstream_error(&route, &e, html),
         };
         let status = resp.status();
-        self.metrics.response(&route.app_id, &host, status.as_u16(), started.elapsed());
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {
