@@ -807,7 +807,7 @@ pub async fn check_health(st: &AppState, a: &AppRow) -> ApiResult<AppHealthRow> 
     } else {
         let client = st.nodes().client(&w.node_id)?;
         let port = u16::try_from(a.port).unwrap_or(0);
-        let host = names::host_only(&app_url(st, &a.subdomain).split("://").nth(1).unwrap_or_default().to_string());
+        let host = names::host_only(app_url(st, &a.subdomain).split("://").nth(1).unwrap_or_default());
         let probe = rigbox_edge::probe_http(&client, &w.id, port, &host, &a.health_path, Duration::from_secs(5));
         let ports = client.ports(&w.id);
         let unit = async {
