@@ -178,6 +178,7 @@ fn validate_env_names<'a>(mut names: impl Iterator<Item = &'a String>) -> ApiRes
 /// the row in `provisioned`.
 pub async fn create_workspace(st: &AppState, auth: &Auth, n: NewWorkspace) -> ApiResult<WorkspaceRow> {
     check_quota(st, &auth.user.id, n.ram_mb, n.vcpu_count, n.disk_size_mb, None).await?;
+    let setup = crate::automation::plan_for(st, &auth.user.id, Some(&n.template), &n.setup_script_ids, &n.service_spec_ids, true).await?;
     let (node_id, client) = st.nodes().place(&n.template, n.ram_mb as u32)?;
     let now = Utc::now();
     let mut row = WorkspaceRow {
@@ -219,6 +220,7 @@ pub async fn create_workspace(st: &AppState, auth: &Auth, n: NewWorkspace) -> Ap
         env: n.env,
         authorized_keys: crate::ssh::authorized_keys_of(st, &auth.user.id).await,
         metadata: serde_json::json!({ "name": n.name, "user_id": auth.user.id, "created_at": now }),
+        setup,
     };
     if let Err(e) = client.create(&row.id, &spec).await {
         let _ = st.store().delete_workspace(&row.id).await;
@@ -267,6 +269,9 @@ pub async fn start_workspace(st: &AppState, mut w: WorkspaceRow) -> ApiResult<Wo
         return Err(ApiError::quota(format!("running vCPUs would exceed the limit of {max}")));
     }
     let client = st.nodes().client(&w.node_id)?;
+    // Scripts and specs may have changed since the last start: send the current plan.
+    let plan = crate::automation::plan_for(st, &w.user_id, w.template_id.as_deref(), &w.setup_script_ids, &w.service_spec_ids, false).await?;
+    client.set_setup(&w.id, &plan).await.map_err(|e| node_error(e, "sending the setup plan"))?;
     if !st.store().set_workspace_status(&w.id, &w.status, WorkspaceState::Starting.as_str()).await? {
         return Err(ApiError::conflict("the workspace changed state meanwhile; try again"));
     }

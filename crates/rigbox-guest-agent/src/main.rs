@@ -6,6 +6,7 @@ mod exec;
 mod files;
 mod identity;
 mod server;
+mod setup;
 mod stats;
 
 use std::net::SocketAddr;

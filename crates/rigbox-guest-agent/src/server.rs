@@ -22,6 +22,8 @@ pub struct AgentState {
     pub initialized: Arc<AtomicBool>,
     /// Workspace environment (also persisted under /etc/rigbox).
     pub env: Arc<RwLock<BTreeMap<String, String>>>,
+    /// Setup scripts and services.
+    pub setup: crate::setup::Setup,
 }
 
 impl AgentState {
@@ -30,6 +32,7 @@ impl AgentState {
             allow_any,
             initialized: Arc::new(AtomicBool::new(false)),
             env: Arc::new(RwLock::new(identity::load_env())),
+            setup: crate::setup::Setup::load(),
         }
     }
 }
@@ -100,6 +103,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AgentState) -> std:
         .route("/v1/ports", get(stats::ports))
         .route("/v1/journal", get(stats::journal))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/setup", get(setup_status).post(setup_start))
         .layer(middleware::from_fn_with_state(state.clone(), only_the_host))
         .with_state(state);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
@@ -138,6 +142,14 @@ async fn set_env(State(st): State<AgentState>, Json(req): Json<EnvRequest>) -> R
     identity::write_env(&req.env).await?;
     *st.env.write().await = req.env;
     Ok(Json(serde_json::json!({})))
+}
+
+async fn setup_start(State(st): State<AgentState>, Json(plan): Json<rigbox_guest_proto::SetupPlan>) -> Result<Json<rigbox_guest_proto::SetupStatus>, AgentError> {
+    Ok(Json(st.setup.start(plan).await?))
+}
+
+async fn setup_status(State(st): State<AgentState>) -> Json<rigbox_guest_proto::SetupStatus> {
+    Json(st.setup.status().await)
 }
 
 async fn shutdown() -> Json<serde_json::Value> {

@@ -21,6 +21,8 @@
 //! | `GET /v1/ports` | | `[ListeningPort]` |
 //! | `GET /v1/journal?unit=U&lines=N` | | `[JournalLine]` |
 //! | `POST /v1/shutdown` | | `{}` then power-off |
+//! | `POST /v1/setup` | [`SetupPlan`] | [`SetupStatus`] (runs in the background) |
+//! | `GET /v1/setup` | | [`SetupStatus`] |
 //! | `GET /v1/session` (WebSocket) | see [`SessionStart`] | streams |
 //! | `GET /v1/tcp?port=P` (WebSocket) | raw bytes both ways to `127.0.0.1:P` | |
 //!
@@ -100,6 +102,107 @@ pub struct InitRequest {
     /// Non-secret metadata written to `/etc/rigbox/workspace.json`.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+}
+
+/// When a setup script runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOn {
+    /// Once in the life of the workspace.
+    FirstBoot,
+    /// At every start.
+    EveryStart,
+}
+
+/// A setup script to run as `developer` (with sudo).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SetupScript {
+    /// Stable id (first-boot scripts run once per id).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Shell script.
+    pub content: String,
+    /// When it runs.
+    pub run_on: RunOn,
+}
+
+/// A service to install as a systemd unit `rigbox-svc-<name>.service`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceUnit {
+    /// Name (unit `rigbox-svc-<name>.service`).
+    pub name: String,
+    /// The unit file's text.
+    pub unit: String,
+    /// Enable and start it after the setup scripts.
+    pub auto_enable: bool,
+}
+
+/// `POST /v1/setup`: what to run after a start, in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SetupPlan {
+    /// Scripts in run order (template scripts first).
+    #[serde(default)]
+    pub scripts: Vec<SetupScript>,
+    /// Services.
+    #[serde(default)]
+    pub services: Vec<ServiceUnit>,
+    /// Whether this start is a boot (every-start scripts run) or a resume.
+    #[serde(default)]
+    pub is_start: bool,
+}
+
+/// The outcome of one script.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScriptStatus {
+    /// Script id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// When it runs.
+    pub run_on: RunOn,
+    /// `pending`, `running`, `succeeded`, `failed`, `skipped`.
+    pub state: String,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// The last 16 KiB of its output (stdout and stderr).
+    pub output: String,
+    /// Start (ms since the epoch).
+    pub started_unix_ms: Option<u64>,
+    /// End (ms since the epoch).
+    pub finished_unix_ms: Option<u64>,
+}
+
+/// The state of a service unit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceState {
+    /// Service name.
+    pub name: String,
+    /// systemd unit.
+    pub unit: String,
+    /// `active`, `inactive`, `failed`, `activating`...
+    pub active_state: String,
+    /// `running`, `dead`, `auto-restart`...
+    pub sub_state: String,
+    /// How many times systemd restarted it.
+    pub restarts: u32,
+    /// Whether it is enabled.
+    pub enabled: bool,
+}
+
+/// `GET /v1/setup`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SetupStatus {
+    /// `none` (no plan yet), `running`, `done`.
+    pub state: String,
+    /// Scripts in order.
+    pub scripts: Vec<ScriptStatus>,
+    /// Services.
+    pub services: Vec<ServiceState>,
+    /// Start of the last run.
+    pub started_unix_ms: Option<u64>,
+    /// End of the last run.
+    pub finished_unix_ms: Option<u64>,
 }
 
 /// An SSH host key pair for `/etc/ssh/ssh_host_<kind>_key`.

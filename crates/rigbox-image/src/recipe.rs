@@ -118,6 +118,25 @@ pub struct TemplateRecipe {
     /// Backing services.
     #[serde(default)]
     pub services: Vec<TemplateService>,
+    /// Setup scripts every workspace of the template runs before the user's.
+    #[serde(default)]
+    pub setup_scripts: Vec<TemplateScript>,
+}
+
+/// A template's own setup script.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct TemplateScript {
+    /// Name.
+    pub name: String,
+    /// Shell script (runs as developer, with sudo).
+    pub content: String,
+    /// `first_boot` (default) or `every_start`.
+    #[serde(default = "first_boot")]
+    pub run_on: String,
+}
+
+fn first_boot() -> String {
+    "first_boot".into()
 }
 
 impl RecipeSet {

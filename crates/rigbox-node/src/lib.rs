@@ -17,6 +17,7 @@ pub mod node;
 pub mod procstat;
 pub mod server;
 pub mod snapshot;
+pub mod warm;
 pub mod wsio;
 
 pub use error::NodeError;

@@ -85,6 +85,9 @@ pub struct Record {
     /// The snapshot whose disk backs this workspace's qcow2 overlay.
     #[serde(default)]
     pub backing_snapshot: Option<String>,
+    /// A warm template snapshot the first start restores instead of booting.
+    #[serde(default)]
+    pub warm_snapshot: Option<String>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -119,6 +122,11 @@ impl Ws {
             DiskFormat::Raw => self.dir.join("disk.raw"),
             DiskFormat::Qcow2 => self.dir.join("disk.qcow2"),
         }
+    }
+
+    /// The record, if nobody holds it.
+    pub(crate) fn try_lock_rec(&self) -> Result<tokio::sync::MutexGuard<'_, Record>, tokio::sync::TryLockError> {
+        self.rec.try_lock()
     }
 
     /// Where a paused workspace keeps its memory and device state.
@@ -202,6 +210,7 @@ pub(crate) struct Inner {
     pub(crate) images: Pipeline,
     pub(crate) workspaces: StdMutex<HashMap<String, Arc<Ws>>>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) warm: crate::warm::Warm,
 }
 
 /// The node agent.
@@ -240,6 +249,7 @@ impl Node {
                 images,
                 workspaces: StdMutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                warm: Default::default(),
             }),
         };
         node.reclaim().await?;
@@ -347,9 +357,82 @@ impl Node {
         }
     }
 
-    /// Creates a workspace: validates, allocates its disk from the template
-    /// image, records it as `provisioned`. Nothing is left behind on failure.
+    /// Creates a workspace: validates, allocates its disk (a copy-on-write
+    /// overlay over a warm template snapshot when one matches, else a copy of
+    /// the template image), records it as `provisioned`. Nothing is left
+    /// behind on failure.
     pub async fn create(&self, id: &str, spec: CreateWorkspace) -> Result<WorkspaceStatus, NodeError> {
+        if valid_id(id) && self.inner.vmm.kind() == BackendKind::Qemu {
+            if let Some((meta, dir)) = self.find_warm(&spec).await {
+                match self.create_warm(id, spec.clone(), &meta, &dir).await {
+                    Ok(s) => return Ok(s),
+                    Err(NodeError::Exists(x)) => return Err(NodeError::Exists(x)),
+                    Err(e) => tracing::warn!(workspace = id, "warm create failed, using the image: {e}"),
+                }
+            }
+        }
+        self.create_cold(id, spec).await
+    }
+
+    async fn create_warm(&self, id: &str, spec: CreateWorkspace, meta: &rigbox_node_api::SnapshotMeta, snap: &Path) -> Result<WorkspaceStatus, NodeError> {
+        let dir = self.ws_root().join(id);
+        {
+            let map = self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?;
+            if map.contains_key(id) || dir.exists() {
+                return Err(NodeError::Exists(id.into()));
+            }
+            std::fs::create_dir_all(dir.join("run")).map_err(io("creating the workspace dir"))?;
+            std::fs::write(dir.join(".creating"), b"").map_err(io("marking the workspace as creating"))?;
+        }
+        let result = async {
+            let out = tokio::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(snap.join("disk.raw"))
+                .arg(dir.join("disk.qcow2"))
+                .output()
+                .await
+                .map_err(io("running qemu-img"))?;
+            if !out.status.success() {
+                return Err(NodeError::Command(format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            }
+            let rec = Record {
+                id: id.into(),
+                spec,
+                state: WorkspaceState::Provisioned,
+                vm: None,
+                backend: self.inner.vmm.kind(),
+                accel: self.inner.vmm.accel(),
+                failure: None,
+                boot_ms: None,
+                state_changed_unix_ms: now_ms(),
+                disk_format: DiskFormat::Qcow2,
+                backing_snapshot: Some(meta.id.clone()),
+                warm_snapshot: Some(meta.id.clone()),
+            };
+            write_record(&dir, &rec).await?;
+            tokio::fs::remove_file(dir.join(".creating")).await.map_err(io("finishing create"))?;
+            Ok::<_, NodeError>(rec)
+        }
+        .await;
+        let rec = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
+        let ws = Arc::new(Ws { id: id.into(), scoped: format!("{}-{id}", self.inner.node_id), dir, rec: Mutex::new(rec), boot: StdMutex::new(None) });
+        let status = {
+            let rec = ws.rec.lock().await;
+            ws.status(&rec)
+        };
+        self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?.insert(id.into(), ws);
+        tracing::info!(workspace = id, warm = %meta.id, "created from a warm template");
+        Ok(status)
+    }
+
+    /// Creates a workspace from the template image.
+    pub(crate) async fn create_cold(&self, id: &str, spec: CreateWorkspace) -> Result<WorkspaceStatus, NodeError> {
         if !valid_id(id) {
             return Err(NodeError::Invalid(format!("invalid workspace id {id:?}")));
         }
@@ -406,6 +489,7 @@ impl Node {
                 state_changed_unix_ms: now_ms(),
                 disk_format: DiskFormat::Raw,
                 backing_snapshot: None,
+                warm_snapshot: None,
             };
             write_record(&dir, &rec).await?;
             tokio::fs::remove_file(dir.join(".creating")).await.map_err(io("finishing create"))?;
@@ -456,11 +540,54 @@ impl Node {
             *b = Some(token.clone());
         }
         let status = ws.status(&rec);
+        let warm = rec.warm_snapshot.clone();
         drop(rec);
         let node = self.clone();
         let w = ws.clone();
-        tokio::spawn(async move { node.boot(w, kernel, token, true).await });
+        match warm {
+            Some(sid) => {
+                tokio::spawn(async move { node.warm_start(w, sid, kernel, token).await });
+            }
+            None => {
+                tokio::spawn(async move { node.boot(w, kernel, token, true).await });
+            }
+        }
         Ok(status)
+    }
+
+    /// First start of a workspace made from a warm template: restore the
+    /// template's snapshot with a new identity; fall back to a cold boot.
+    async fn warm_start(&self, ws: Arc<Ws>, sid: String, kernel: PathBuf, token: CancellationToken) {
+        let t0 = Instant::now();
+        let restored = async {
+            let dir = self.snapshot_dir(&sid)?;
+            let meta: rigbox_node_api::SnapshotMeta = serde_json::from_slice(&tokio::fs::read(dir.join("meta.json")).await.map_err(io("reading the warm snapshot"))?)
+                .map_err(|e| NodeError::Corrupt(e.to_string()))?;
+            let mut rec = ws.rec.lock().await;
+            if rec.state != WorkspaceState::Starting || token.is_cancelled() {
+                return Err(NodeError::Invalid("cancelled".into()));
+            }
+            self.restore_vm(&ws, &mut rec, &dir, &meta, true).await?;
+            rec.warm_snapshot = None;
+            rec.boot_ms = Some(t0.elapsed().as_millis() as u64);
+            ws.transition(&mut rec, Event::Booted).await?;
+            tracing::info!(workspace = %ws.id, restore_ms = rec.boot_ms, "running (restored from the warm template)");
+            Ok::<_, NodeError>(())
+        }
+        .await;
+        match restored {
+            Ok(()) => {
+                self.on_running(&ws).await;
+                self.push_setup(&ws).await;
+            }
+            Err(e) => {
+                tracing::warn!(workspace = %ws.id, "warm start failed ({e}); booting cold");
+                if let Ok(mut rec) = ws.try_lock_rec() {
+                    rec.warm_snapshot = None;
+                }
+                self.boot(ws, kernel, token, true).await;
+            }
+        }
     }
 
     /// Boot work: launch (unless re-adopting), wait for the agent, init.
@@ -484,6 +611,7 @@ impl Node {
                 tracing::info!(workspace = %ws.id, boot_ms = rec.boot_ms, "running");
                 drop(rec);
                 self.on_running(&ws).await;
+                self.push_setup(&ws).await;
             }
             Err((code, message)) => {
                 let tail = ws.console_tail(30);
@@ -566,6 +694,37 @@ impl Node {
         }
         self.halt(&ws, &mut rec).await;
         Ok(ws.status(&rec))
+    }
+
+    /// Sends the setup plan to a guest that has just started (scripts and
+    /// services run in the guest, in the background).
+    pub(crate) async fn push_setup(&self, ws: &Ws) {
+        let mut plan = ws.rec.lock().await.spec.setup.clone();
+        if plan.scripts.is_empty() && plan.services.is_empty() {
+            return;
+        }
+        plan.is_start = true;
+        let guest = ws.guest();
+        for attempt in 0..3 {
+            match guest
+                .call::<_, serde_json::Value>(hyper::Method::POST, "/v1/setup", Some(&plan), Duration::from_secs(30))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(workspace = %ws.id, attempt, "pushing the setup plan failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Replaces the setup plan of a workspace (applies at the next start).
+    pub async fn set_setup(&self, id: &str, plan: rigbox_guest_proto::SetupPlan) -> Result<(), NodeError> {
+        let ws = self.get(id)?;
+        let mut rec = ws.rec.lock().await;
+        rec.spec.setup = plan;
+        ws.persist(&rec).await
     }
 
     /// Feature hooks once a workspace runs.

@@ -53,6 +53,7 @@ pub fn router(node: Node, token: String) -> Router {
         .route("/v1/workspaces/{id}/cancel", post(cancel))
         .route("/v1/workspaces/{id}/resources", put(resize))
         .route("/v1/workspaces/{id}/env", post(set_env))
+        .route("/v1/workspaces/{id}/setup", put(set_setup).get(setup_status))
         .route("/v1/workspaces/{id}/exec", post(exec))
         .route("/v1/workspaces/{id}/session", get(session))
         .route("/v1/workspaces/{id}/tcp", get(tcp))
@@ -66,6 +67,7 @@ pub fn router(node: Node, token: String) -> Router {
         .route("/v1/workspaces/{id}/ports", get(guest_get))
         .route("/v1/workspaces/{id}/journal", get(guest_get))
         .merge(crate::snapshot::routes())
+        .merge(crate::warm::routes())
         .merge(crate::metrics::routes())
         .merge(crate::aiproxy::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth))
@@ -131,6 +133,16 @@ async fn resize(State(st): State<AppState>, Path(id): Path<String>, Json(r): Jso
 async fn set_env(State(st): State<AppState>, Path(id): Path<String>, Json(r): Json<EnvRequest>) -> R<Json<serde_json::Value>> {
     st.node.set_env(&id, r.env).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+async fn set_setup(State(st): State<AppState>, Path(id): Path<String>, Json(plan): Json<rigbox_guest_proto::SetupPlan>) -> R<StatusCode> {
+    st.node.set_setup(&id, plan).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn setup_status(State(st): State<AppState>, Path(id): Path<String>) -> R<Json<rigbox_guest_proto::SetupStatus>> {
+    let guest = st.node.running_guest(&id).await?;
+    Ok(Json(guest.call::<(), _>(hyper::Method::GET, "/v1/setup", None, Duration::from_secs(30)).await?))
 }
 
 async fn exec(State(st): State<AppState>, Path(id): Path<String>, Json(req): Json<ExecRequest>) -> R<Json<ExecResponse>> {

@@ -515,7 +515,7 @@ impl Node {
 
     /// Starts a VM from the state in `dir` for `ws` (record locked), waits
     /// for its agent and pushes clock, entropy (and a new identity for forks).
-    async fn restore_vm(&self, ws: &Ws, rec: &mut Record, dir: &FsPath, meta: &SnapshotMeta, new_identity: bool) -> R<()> {
+    pub(crate) async fn restore_vm(&self, ws: &Ws, rec: &mut Record, dir: &FsPath, meta: &SnapshotMeta, new_identity: bool) -> R<()> {
         let kernel = self.inner.images.resolve_kernel()?;
         let slot = ws.slot();
         slot.create()?;
@@ -631,6 +631,7 @@ impl Node {
             state_changed_unix_ms: now_ms(),
             disk_format: format,
             backing_snapshot: backing,
+            warm_snapshot: None,
         };
         write_record(&dir, &rec).await?;
         tokio::fs::remove_file(dir.join(".creating")).await.map_err(io("finishing the fork"))?;
@@ -653,6 +654,8 @@ impl Node {
                 let status = ws.status(&rec);
                 drop(rec);
                 self.on_running(&ws).await;
+                let (node, w) = (self.clone(), ws.clone());
+                tokio::spawn(async move { node.push_setup(&w).await });
                 Ok(status)
             }
             Err(e) => {

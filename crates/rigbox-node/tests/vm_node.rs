@@ -20,6 +20,7 @@ fn spec(hostname: &str) -> CreateWorkspace {
         env: BTreeMap::from([("GREETING".to_string(), "hello from the api".to_string())]),
         authorized_keys: vec![],
         metadata: serde_json::json!({"name": hostname}),
+        setup: Default::default(),
     }
 }
 

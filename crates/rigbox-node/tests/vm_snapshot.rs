@@ -33,6 +33,7 @@ fn spec(h: &str) -> CreateWorkspace {
         env: Default::default(),
         authorized_keys: vec![],
         metadata: serde_json::json!({}),
+        setup: Default::default(),
     }
 }
 

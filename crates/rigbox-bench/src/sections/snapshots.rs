@@ -77,6 +77,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<Section> {
             env: Default::default(),
             authorized_keys: vec![],
             metadata: serde_json::json!({}),
+            setup: Default::default(),
         },
     )
     .await?;

@@ -21,6 +21,7 @@ async fn platform_boot(node: &NodeClient, i: usize) -> anyhow::Result<f64> {
         env: Default::default(),
         authorized_keys: vec![],
         metadata: serde_json::json!({}),
+        setup: Default::default(),
     };
     node.create(&id, &spec).await?;
     let t0 = Instant::now();
