@@ -94,6 +94,18 @@ impl NodeClient {
         r.json().await.map_err(|e| NodeClientError::Decode(e.to_string()))
     }
 
+    /// `PUT /v1/ai/control-plane`.
+    pub async fn set_ai_control_plane(&self, url: &str) -> Result<(), NodeClientError> {
+        let body = crate::AiControlPlane { url: url.to_string() };
+        Self::check(self.req(reqwest::Method::PUT, "/ai/control-plane").json(&body).send().await).await.map(|_| ())
+    }
+
+    /// `PUT /v1/workspaces/{id}/ai-env`.
+    pub async fn set_ai_env(&self, id: &str, env: &BTreeMap<String, String>) -> Result<(), NodeClientError> {
+        let body = crate::AiEnv { env: env.clone() };
+        Self::check(self.req(reqwest::Method::PUT, &format!("/workspaces/{id}/ai-env")).json(&body).send().await).await.map(|_| ())
+    }
+
     /// `GET /v1/node`.
     pub async fn info(&self) -> Result<NodeInfo, NodeClientError> {
         Self::json(self.req(reqwest::Method::GET, "/node").send().await).await
@@ -334,5 +346,25 @@ impl NodeClient {
     /// Opens a byte stream to the guest's interface address on `port`.
     pub async fn connect(&self, id: &str, port: u16) -> Result<WsStream, NodeClientError> {
         self.ws(&format!("/workspaces/{id}/connect?port={port}")).await
+    }
+
+    /// Replaces the setup plan (applies from the next start).
+    pub async fn set_setup(&self, id: &str, plan: &rigbox_guest_proto::SetupPlan) -> Result<(), NodeClientError> {
+        Self::check(self.req(reqwest::Method::PUT, &format!("/workspaces/{id}/setup")).json(plan).send().await).await.map(|_| ())
+    }
+
+    /// Status of the last setup run.
+    pub async fn setup_status(&self, id: &str) -> Result<rigbox_guest_proto::SetupStatus, NodeClientError> {
+        Self::json(self.req(reqwest::Method::GET, &format!("/workspaces/{id}/setup")).send().await).await
+    }
+
+    /// Starts warming a template (or reports it).
+    pub async fn warm_template(&self, template: &str, req: &crate::WarmRequest) -> Result<crate::WarmTemplate, NodeClientError> {
+        Self::json(self.req(reqwest::Method::POST, &format!("/templates/{template}/warm")).json(req).send().await).await
+    }
+
+    /// Warm templates of the node.
+    pub async fn warm_templates(&self) -> Result<Vec<crate::WarmTemplate>, NodeClientError> {
+        Self::json(self.req(reqwest::Method::GET, "/templates/warm").send().await).await
     }
 }

@@ -34,6 +34,13 @@
 //! | `GET /v1/workspaces/{id}/stats` | [`WorkspaceStats`] (host and guest view) |
 //! | `GET /v1/workspaces/{id}/ports` | `[ListeningPort]` |
 //! | `GET /v1/workspaces/{id}/journal?unit=U&lines=N` | `[JournalLine]` |
+//! | `PUT /v1/workspaces/{id}/setup` | [`rigbox_guest_proto::SetupPlan`]: scripts and services for the next starts |
+//! | `GET /v1/workspaces/{id}/setup` | [`rigbox_guest_proto::SetupStatus`] of the last run |
+//! | `POST /v1/templates/{template}/warm` | [`WarmRequest`]: boot once and keep a snapshot for fast creates |
+//! | `GET /v1/templates/warm` | `[WarmTemplate]` |
+//!
+//! | `PUT /v1/ai/control-plane` | [`AiControlPlane`]: where the slot AI proxies forward calls (sent by the control plane) |
+//! | `PUT /v1/workspaces/{id}/ai-env` | [`AiEnv`]: the workspace's AI variables (merged under its env, pushed if running) |
 //!
 //! Errors are `{"error":{"code","message"}}`; [`codes`] lists the codes.
 #![warn(missing_docs)]
@@ -97,6 +104,9 @@ pub struct CreateWorkspace {
     /// Non-secret metadata written to `/etc/rigbox/workspace.json`.
     #[serde(default)]
     pub metadata: serde_json::Value,
+    /// Setup scripts and services run after each start.
+    #[serde(default)]
+    pub setup: rigbox_guest_proto::SetupPlan,
 }
 
 /// `PUT /v1/workspaces/{id}/resources`.
@@ -314,6 +324,55 @@ pub struct WorkspaceStats {
     pub disk_allocated_bytes: u64,
     /// The guest agent's own stats, when it answered.
     pub guest: Option<rigbox_guest_proto::GuestStats>,
+}
+
+/// `POST /v1/templates/{template}/warm`: the size of the warm snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WarmRequest {
+    /// Memory in MiB.
+    pub ram_mb: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Root disk size in MiB.
+    pub disk_mb: u32,
+}
+
+/// A warm template snapshot (ready, or being built).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WarmTemplate {
+    /// Template.
+    pub template: String,
+    /// Memory in MiB.
+    pub ram_mb: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Disk in MiB.
+    pub disk_mb: u32,
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// `building`, `ready` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How long the build took (ms).
+    pub build_ms: Option<u64>,
+}
+
+/// `PUT /v1/ai/control-plane`: the control plane tells a node where its AI
+/// proxies forward calls (`{url}/internal/v1/ai/proxy`, with the node token).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AiControlPlane {
+    /// Base URL of the control plane as the node reaches it.
+    pub url: String,
+}
+
+/// `PUT /v1/workspaces/{id}/ai-env`: the AI variables of a workspace. The
+/// node merges them under the workspace's own environment (its variables
+/// win) whenever it pushes the environment to the guest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AiEnv {
+    /// Variables.
+    pub env: BTreeMap<String, String>,
 }
 
 /// Error body.

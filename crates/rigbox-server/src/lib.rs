@@ -269,6 +269,22 @@ pub async fn up(s: &Settings, build_missing: bool) -> anyhow::Result<Platform> {
     let node = start_node(s).await?;
     let url = if s.node_url.is_some() { s.node_url() } else { node.url() };
     let control = start_control_plane(s, Some((&url, &node.token))).await?;
+    // Keep a warm snapshot of each default template at its floor sizes, so
+    // quick deploys restore instead of booting (built in the background).
+    for t in &s.default_templates {
+        if let Ok(r) = control.state.recipes().template(t) {
+            let req = rigbox_node_api::WarmRequest { ram_mb: r.min_ram_mb, vcpus: r.min_vcpu, disk_mb: r.min_disk_mb };
+            let client = rigbox_node_api::NodeClient::new(node.url(), node.token.clone());
+            let t = t.clone();
+            if s.warm_templates {
+                tokio::spawn(async move {
+                    if let Err(e) = client.warm_template(&t, &req).await {
+                        tracing::warn!(template = %t, "warming failed to start: {e}");
+                    }
+                });
+            }
+        }
+    }
     let ssh = ssh::start(s, &control).await?;
     let edge = edge::start(s, &control).await?;
     Ok(Platform { node, control, ssh, edge })

@@ -97,6 +97,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Templates built by `rigboxd up` when missing.
     pub default_templates: Vec<String>,
+    /// Keep warm snapshots of the default templates (fast quick deploys).
+    pub warm_templates: bool,
     /// Quotas.
     pub limits: Limits,
     /// SSH gateway host key (default `<data_dir>/ssh_host_ed25519_key`, generated).
@@ -143,6 +145,7 @@ impl Default for Settings {
             stop_timeout_secs: 30,
             database_url: None,
             default_templates: vec!["base".into()],
+            warm_templates: true,
             limits: Limits::default(),
             ssh_host_key: None,
             edge_tls_listen: None,

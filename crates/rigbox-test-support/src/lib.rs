@@ -56,6 +56,9 @@ pub fn settings(data_dir: &std::path::Path) -> Settings {
         accel: std::env::var("RIGBOX_ACCEL").unwrap_or_else(|_| "auto".into()),
         boot_timeout_secs: 240,
         stop_timeout_secs: 30,
+        // Tests that want warm templates ask for them; booting one in the
+        // background of every test would only slow the others down.
+        warm_templates: false,
         ..Settings::default()
     }
 }

@@ -234,13 +234,25 @@ pub async fn run(ctx: &Ctx, c: Cmd) -> anyhow::Result<()> {
             ctx.print(&w, || format!("created {} ({}), status {}", w.vm.name, w.vm.id, w.vm.status));
         }
         Cmd::Spawn(a) => {
+            // One call: quick deploy creates and starts (restoring a warm
+            // template when one is ready); then wait with progress.
             let req = a.request()?;
             ctx.event(json!({"type": "creating", "name": req.name}));
-            let w = client.create_workspace(&req).await?;
-            ctx.event(json!({"type": "created", "id": w.vm.id, "status": w.vm.status}));
-            client.action(&w.vm.id, "start").await?;
-            ctx.event(json!({"type": "starting", "id": w.vm.id}));
-            let w = wait(ctx, &client, &w.vm.id, "running").await?;
+            let body = json!({
+                "template_id": req.template_id.clone().unwrap_or_else(|| "base".into()),
+                "name": req.name,
+                "ram_mb": req.ram_mb,
+                "vcpu_count": req.vcpu_count,
+                "disk_size_mb": req.disk_size_mb,
+                "env_vars": req.env_vars,
+                "setup_script_ids": req.setup_script_ids,
+                "service_spec_ids": req.service_spec_ids,
+            });
+            let r: serde_json::Value = client.send(reqwest::Method::POST, "/quick-deploy", &body).await?;
+            let id = r["workspace"]["id"].as_str().unwrap_or_default().to_string();
+            ctx.event(json!({"type": "created", "id": id, "status": r["workspace"]["status"]}));
+            ctx.event(json!({"type": "starting", "id": id}));
+            let w = wait(ctx, &client, &id, "running").await?;
             ctx.print(&json!({"type": "ready", "id": w.vm.id, "name": w.vm.name, "status": w.vm.status}), || {
                 format!("{} ({}) is running", w.vm.name, w.vm.id)
             });
