@@ -140,3 +140,30 @@ async fn vm_quick_deploy_from_a_warm_template_gets_fresh_identities() {
     assert_ne!(seen[0][1], seen[1][1], "different random output");
     assert_ne!(seen[0][2], seen[1][2], "different SSH host keys");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vm_quick_deploy_dev_template_has_working_tools() {
+    if !is_root() {
+        eprintln!("SKIP: VM tests need root");
+        return;
+    }
+    let t = TestPlatform::start(&["dev"]).await.unwrap();
+    let (c, _) = t.user("fay@example.test").await.unwrap();
+    let templates: Value = c.get("/templates").await.unwrap();
+    let dev = templates["templates"].as_array().unwrap().iter().find(|x| x["id"] == "dev").unwrap().clone();
+    assert_eq!((dev["ram_mb"].as_i64(), dev["disk_size_mb"].as_i64()), (Some(1024), Some(4096)));
+    let r = post(&c, "/quick-deploy", json!({"template_id": "dev", "name": "devbox", "ram_mb": 256, "wait": true})).await;
+    assert_eq!(r["workspace"]["ram_mb"], 1024, "raised to the template floor");
+    let id = r["workspace"]["id"].as_str().unwrap().to_string();
+    let out = sh(
+        &c,
+        &id,
+        "gcc --version | head -1; make --version | head -1; node --version; npm --version; pip3 --version | cut -d' ' -f1; \
+         python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'print(\"venv-ok\")'; git --version; test -d ~/projects && echo projects-dir",
+    )
+    .await;
+    for want in ["gcc", "GNU Make", "v18", "pip", "venv-ok", "git version", "projects-dir"] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    c.delete_workspace(&id).await.unwrap();
+}
