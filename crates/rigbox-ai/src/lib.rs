@@ -91,3 +91,42 @@ mod tests {
         assert_eq!(super::credits(250_000), 0.25);
     }
 }
+
+/// Header names of the node → control plane hop (set by the node, never by a guest).
+pub mod hop {
+    /// The node's id.
+    pub const NODE: &str = "x-rigbox-node";
+    /// The workspace the node derived from the slot.
+    pub const WORKSPACE: &str = "x-rigbox-workspace";
+    /// The guest's path and query.
+    pub const PATH: &str = "x-rigbox-ai-path";
+
+    /// Request headers a guest may send through (everything else, keys and
+    /// identity headers included, is dropped on the node).
+    pub fn guest_header_allowed(name: &str) -> bool {
+        matches!(
+            name.to_ascii_lowercase().as_str(),
+            "content-type"
+                | "accept"
+                | "anthropic-version"
+                | "anthropic-beta"
+                | "openai-beta"
+                | "user-agent"
+                | "x-rigbox-subject"
+                | "x-rigbox-subject-budget"
+                | "x-rigbox-subject-rate"
+        )
+    }
+
+    /// Request headers the control plane passes on to a provider.
+    pub fn upstream_header_allowed(name: &str) -> bool {
+        matches!(name.to_ascii_lowercase().as_str(), "content-type" | "accept" | "anthropic-version" | "anthropic-beta" | "openai-beta")
+    }
+
+    /// Response headers passed back to the guest.
+    pub fn response_header_allowed(name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        matches!(n.as_str(), "content-type" | "cache-control" | "x-request-id" | "request-id" | "openai-processing-ms" | "retry-after")
+            || n.starts_with("x-rigbox-")
+    }
+}

@@ -261,6 +261,11 @@ impl StreamMeter {
         rest
     }
 
+    /// Whether the body is `text/event-stream`.
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
     /// Usage seen so far (possibly partial).
     pub fn usage_so_far(&self) -> Option<Usage> {
         self.seen.then_some(self.usage)

@@ -49,7 +49,7 @@ pub fn v1() -> Router<AppState> {
 
 /// Routes the node agents call (`/internal/v1`), authenticated by node token.
 pub fn internal() -> Router<AppState> {
-    Router::new()
+    Router::new().merge(ai::internal())
 }
 
 /// The whole API router.

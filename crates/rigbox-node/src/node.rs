@@ -875,7 +875,7 @@ impl Node {
         if rec.state == WorkspaceState::Running {
             drop(rec);
             ws.guest()
-                .call::<_, serde_json::Value>(hyper::Method::POST, "/v1/env", Some(&rigbox_guest_proto::EnvRequest { env }), Duration::from_secs(30))
+                .call::<_, serde_json::Value>(hyper::Method::POST, "/v1/env", Some(&rigbox_guest_proto::EnvRequest { env: crate::aiproxy::with_ai_env(self, id, env) }), Duration::from_secs(30))
                 .await?;
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! data directory), so what is tested is what runs.
 #![warn(missing_docs)]
 
+pub mod ai;
 pub mod edge;
 pub mod settings;
 pub mod ssh;
@@ -213,6 +214,7 @@ pub async fn start_control_plane(s: &Settings, local_node: Option<(&str, &str)>)
         .with_context(|| format!("binding the API on {}", s.api_listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    let ai_task = ai::start(s, &state, addr, stop.clone())?;
     let app = rigbox_api::router(state.clone());
     let st = stop.clone();
     let api = tokio::spawn(async move {
@@ -225,7 +227,7 @@ pub async fn start_control_plane(s: &Settings, local_node: Option<(&str, &str)>)
     });
     let rec = tokio::spawn(rigbox_api::reconcile::run(state.clone(), stop.clone()));
     tracing::info!(%addr, "control plane listening");
-    Ok(ControlPlaneHandle { state, addr, generated_admin_key: generated, stop, tasks: vec![api, rec] })
+    Ok(ControlPlaneHandle { state, addr, generated_admin_key: generated, stop, tasks: vec![api, rec, ai_task] })
 }
 
 /// Everything on one machine.

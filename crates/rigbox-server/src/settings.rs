@@ -24,6 +24,7 @@
 //! | `RIGBOX_EDGE_TLS_CERT`, `RIGBOX_EDGE_TLS_KEY` | unset | PEM files (wildcard certificate) |
 //! | `RIGBOX_ACME_ENABLED`, `RIGBOX_ACME_EMAIL`, `RIGBOX_ACME_DIRECTORY` | off | ACME certificates |
 //! | `RIGBOX_EDGE_UPSTREAM_TIMEOUT_SECS` | `60` | edge: deadline for an app's response headers (then 504) |
+//! | `RIGBOX_AI__*` | see [`crate::ai`] | managed AI: provider base URLs, price table, key file, callback URL |
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -119,6 +120,8 @@ pub struct Settings {
     pub public_scheme: String,
     /// Edge: seconds an app has to send its response headers (then 504).
     pub edge_upstream_timeout_secs: u64,
+    /// Managed AI.
+    pub ai: crate::ai::AiSettings,
 }
 
 impl Default for Settings {
@@ -156,6 +159,7 @@ impl Default for Settings {
             acme_directory: None,
             public_scheme: "http".into(),
             edge_upstream_timeout_secs: 60,
+            ai: Default::default(),
         }
     }
 }
