@@ -503,8 +503,6 @@ async fn quick_deploy(State(st): State<AppState>, auth: Auth, body: Result<Json<
             return Err(e);
         }
     };
-    // Keep a warm snapshot of this template and size for the next deploys.
-    warm_in_background(&st, &row);
     let mut setup = None;
     let mut w = row.clone();
     if r.wait {

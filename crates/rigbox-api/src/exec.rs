@@ -31,7 +31,11 @@ pub fn router() -> Router<AppState> {
 
 /// The caller's running workspace.
 pub async fn running(st: &AppState, auth: &Auth, id: &str) -> ApiResult<WorkspaceRow> {
-    let w = load(st, auth, id).await?;
+    let mut w = load(st, auth, id).await?;
+    if w.status == "starting" {
+        // The reconciler may not have seen the boot finish yet: ask the node.
+        w = crate::reconcile::refresh(st, w).await;
+    }
     if w.status != "running" {
         return Err(ApiError::conflict(format!("workspace {} is {}, not running", w.name, w.status)).details(serde_json::json!({"status": w.status})));
     }

@@ -63,6 +63,13 @@ pub async fn sync_all(st: &AppState) {
     }
 }
 
+/// Syncs one workspace now and returns its fresh row.
+pub async fn refresh(st: &AppState, w: WorkspaceRow) -> WorkspaceRow {
+    let id = w.id.clone();
+    sync_one(st, w.clone()).await;
+    st.store().workspace(&id).await.unwrap_or(w)
+}
+
 async fn sync_one(st: &AppState, mut w: WorkspaceRow) {
     if w.status == "deleting" {
         let _ = finish_delete(st, &w.id, &w.node_id).await;
