@@ -271,7 +271,7 @@ async fn vm_ai_proxy_meters_streams_byok_and_never_leaks_keys() {
     assert_eq!(wallet().await, before, "failed calls cost nothing");
     let out = sh(&alice, &id, &curl_json("/v1/chat/completions", &json!({"model": "unpriced-model/x", "messages": []}), "")).await.stdout;
     assert_eq!(parse_curl(&out).0, 400, "{out}");
-    let out = sh(&alice, &id, "curl -sN -H 'content-type: application/json' -d '{\"model\":\"rigbox/default\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"break\"}]}' http://169.254.0.1:9090/v1/chat/completions; echo \" exit=$?\"").await.stdout;
+    let out = sh(&alice, &id, "curl -sN -H 'content-type: application/json' -d '{\"model\":\"rigbox/default\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"slow break\"}]}' http://169.254.0.1:9090/v1/chat/completions; echo \" exit=$?\"").await.stdout;
     assert!(!out.contains("exit=0"), "a broken stream must not look complete: {out}");
     let holds = wait_until(Duration::from_secs(10), "the broken hold", || async {
         let h: Value = admin.get("/admin/ai/holds").await.ok()?;
