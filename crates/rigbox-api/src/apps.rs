@@ -810,19 +810,28 @@ pub async fn check_health(st: &AppState, a: &AppRow) -> ApiResult<AppHealthRow> 
         let host = names::host_only(app_url(st, &a.subdomain).split("://").nth(1).unwrap_or_default());
         let probe = rigbox_edge::probe_http(&client, &w.id, port, &host, &a.health_path, Duration::from_secs(5));
         let ports = client.ports(&w.id);
-        let unit = async {
-            match &a.service_name {
-                Some(u) => match root_exec(st, &w, &format!("systemctl is-active {u}"), 10).await {
-                    Ok(r) => Some(r.stdout.trim().to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| "unknown".into()),
-                    Err(_) => "unknown".into(),
-                },
-                None => "unmanaged".into(),
-            }
-        };
-        let (probe, ports, unit) = tokio::join!(probe, ports, unit);
+        let (probe, ports) = tokio::join!(probe, ports);
         let listener = ports.ok().and_then(|ps| ps.into_iter().find(|p| p.port == port));
         h.port_open = listener.is_some();
-        h.service_status = unit;
+        // An app created before its server listened learns its unit now.
+        let mut unit_name = a.service_name.clone();
+        if unit_name.is_none() {
+            if let Some(u) = listener.as_ref().and_then(|l| l.systemd_unit.clone()).filter(|u| is_app_unit(u)) {
+                let mut updated = a.clone();
+                updated.service_name = Some(u.clone());
+                updated.updated_at = now;
+                if st.store().update_app(&updated).await.is_ok() {
+                    unit_name = Some(u);
+                }
+            }
+        }
+        h.service_status = match &unit_name {
+            Some(u) => match root_exec(st, &w, &format!("systemctl is-active {u}"), 10).await {
+                Ok(r) => Some(r.stdout.trim().to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| "unknown".into()),
+                Err(_) => "unknown".into(),
+            },
+            None => "unmanaged".into(),
+        };
         match probe {
             Ok(p) => {
                 h.http_status = Some(i64::from(p.status));
