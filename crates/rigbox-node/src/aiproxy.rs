@@ -223,6 +223,8 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Ctx, token: CancellationT
             _ = token.cancelled() => break,
             r = listener.accept() => {
                 let Ok((stream, _)) = r else { continue };
+                // Stream chunks go out as they come (no Nagle delay).
+                let _ = stream.set_nodelay(true);
                 let svc = hyper_util::service::TowerToHyperService::new(app.clone());
                 conns.spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
