@@ -20,9 +20,11 @@ pub mod misc;
 pub mod observe;
 pub mod openapi;
 pub mod reconcile;
+pub mod sampler;
 pub mod snapshots;
 pub mod ssh;
 pub mod state;
+pub mod tools;
 pub mod views;
 pub mod workspaces;
 
@@ -44,6 +46,7 @@ pub fn v1() -> Router<AppState> {
         .merge(apps::router())
         .merge(observe::router())
         .merge(automation::router())
+        .merge(tools::router())
         .merge(ai::router())
 }
 
@@ -60,7 +63,9 @@ pub fn router(st: AppState) -> Router {
         .nest("/internal/v1", internal())
         .route("/api-docs/openapi.json", axum::routing::get(openapi::serve))
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/metrics", axum::routing::get(observe::prometheus))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response() })
+        .layer(axum::middleware::from_fn_with_state(st.clone(), observe::track))
         .with_state(st)
 }
 

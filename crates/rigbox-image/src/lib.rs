@@ -14,4 +14,4 @@ pub mod recipe;
 
 pub use pipeline::{debian_mirror, linux_source_version, which, GuestImage, ImageCache, ImageError, Pipeline};
 pub use progress::{Progress, Step};
-pub use recipe::{RecipeError, RecipeSet, TemplateApp, TemplateRecipe, TemplateScript, TemplateService};
+pub use recipe::{RecipeError, RecipeSet, TemplateApp, TemplateRecipe, TemplateScript, TemplateService, ToolRecipe};

@@ -44,6 +44,35 @@ pub enum RecipeError {
 pub struct RecipeSet {
     files: BTreeMap<String, String>,
     templates: BTreeMap<String, TemplateRecipe>,
+    tools: BTreeMap<String, ToolRecipe>,
+}
+
+/// A tool of the catalog (`images/tools/*.toml`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct ToolRecipe {
+    /// Stable id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Icon name.
+    pub icon: String,
+    /// Category.
+    pub category: String,
+    /// Port it listens on in the guest.
+    pub port: u16,
+    /// Its route is `<suffix>-<workspace id>.<base domain>`.
+    pub subdomain_suffix: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Commands whose presence means it is installed.
+    pub commands: Vec<String>,
+    /// Shell run as root to install it.
+    pub install: String,
+    /// Command line run as developer to serve it.
+    pub launch: String,
 }
 
 /// The base Debian root filesystem recipe (`images/rootfs/base.toml`).
@@ -149,7 +178,18 @@ impl RecipeSet {
         let mut set = RecipeSet {
             files,
             templates: BTreeMap::new(),
+            tools: BTreeMap::new(),
         };
+        let tool_files: Vec<(String, String)> = set
+            .files
+            .iter()
+            .filter(|(p, _)| p.starts_with("tools/") && p.ends_with(".toml"))
+            .map(|(p, c)| (p.clone(), c.clone()))
+            .collect();
+        for (path, content) in tool_files {
+            let t: ToolRecipe = toml::from_str(&content).map_err(|e| RecipeError::Invalid { file: path.clone(), message: e.to_string() })?;
+            set.tools.insert(t.id.clone(), t);
+        }
         let tpl_files: Vec<(String, String)> = set
             .files
             .iter()
@@ -228,6 +268,16 @@ impl RecipeSet {
         })
     }
 
+    /// All tools, sorted by id.
+    pub fn tools(&self) -> impl Iterator<Item = &ToolRecipe> {
+        self.tools.values()
+    }
+
+    /// One tool.
+    pub fn tool(&self, id: &str) -> Option<&ToolRecipe> {
+        self.tools.get(id)
+    }
+
     /// All templates, sorted by id.
     pub fn templates(&self) -> impl Iterator<Item = &TemplateRecipe> {
         self.templates.values()
@@ -297,6 +347,7 @@ mod tests {
         assert!(set.kernel_fragment().unwrap().contains("CONFIG_VIRTIO_BLK=y"));
         assert!(set.rootfs().unwrap().packages.iter().any(|p| p == "openssh-server"));
         assert!(set.rootfs_overlay().any(|(p, _)| p == "etc/systemd/system/rigbox-agent.service"));
+        assert!(set.tool("filebrowser").is_some() && set.tool("jupyter").is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod guest;
 pub mod metrics;
 pub mod node;
+pub mod pkgproxy;
 pub mod procstat;
 pub mod server;
 pub mod snapshot;

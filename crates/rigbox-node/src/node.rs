@@ -730,6 +730,7 @@ impl Node {
     /// Feature hooks once a workspace runs.
     pub(crate) async fn on_running(&self, ws: &Ws) {
         crate::aiproxy::on_running(self, ws).await;
+        crate::pkgproxy::on_running(self, ws).await;
         crate::metrics::on_running(self, ws).await;
         crate::snapshot::on_running(self, ws).await;
     }
@@ -737,6 +738,7 @@ impl Node {
     /// Feature hooks before a workspace's VM and slot go away.
     pub(crate) async fn on_halt(&self, ws: &Ws) {
         crate::aiproxy::on_halt(self, ws).await;
+        crate::pkgproxy::on_halt(self, ws).await;
         crate::metrics::on_halt(self, ws).await;
         crate::snapshot::on_halt(self, ws).await;
     }

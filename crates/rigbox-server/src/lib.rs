@@ -218,6 +218,10 @@ pub async fn start_control_plane(s: &Settings, local_node: Option<(&str, &str)>)
     let app = rigbox_api::router(state.clone());
     let st = stop.clone();
     let api = tokio::spawn(async move {
+        // Small writes (SSE events, streamed AI responses) go out at once.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |t| {
+            let _ = t.set_nodelay(true);
+        });
         let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { st.cancelled().await })
             .await;
@@ -226,8 +230,9 @@ pub async fn start_control_plane(s: &Settings, local_node: Option<(&str, &str)>)
         }
     });
     let rec = tokio::spawn(rigbox_api::reconcile::run(state.clone(), stop.clone()));
+    let sampler = rigbox_api::sampler::start(&state, Duration::from_millis(s.metrics_sample_ms), stop.clone());
     tracing::info!(%addr, "control plane listening");
-    Ok(ControlPlaneHandle { state, addr, generated_admin_key: generated, stop, tasks: vec![api, rec, ai_task] })
+    Ok(ControlPlaneHandle { state, addr, generated_admin_key: generated, stop, tasks: vec![api, rec, ai_task, sampler] })
 }
 
 /// Everything on one machine.
