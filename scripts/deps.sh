@@ -8,7 +8,7 @@ PACKAGES=(
   # kernel build
   build-essential bc flex bison libelf-dev libssl-dev cpio xz-utils
   # networking and tools used by the platform and its tests
-  iproute2 openssh-client curl jq ca-certificates sqlite3 wrk
+  iproute2 openssh-client curl jq ca-certificates sqlite3 wrk pebble python3-venv
 )
 
 missing=()
