@@ -368,3 +368,29 @@ impl NodeClient {
         Self::json(self.req(reqwest::Method::GET, "/templates/warm").send().await).await
     }
 }
+
+/// Usage samples, logs and Prometheus metrics (see [`crate::usage`]).
+impl NodeClient {
+    /// `GET /v1/usage`: samples and events after `after`; asks the node to
+    /// sample every `interval_ms`.
+    pub async fn usage(&self, after: u64, interval_ms: u64) -> Result<crate::usage::UsageBatch, NodeClientError> {
+        Self::json(self.req(reqwest::Method::GET, "/usage").query(&[("after", after), ("interval_ms", interval_ms)]).send().await).await
+    }
+
+    /// `GET /v1/workspaces/{id}/usage`: the latest sample.
+    pub async fn latest_usage(&self, id: &str) -> Result<crate::usage::UsageSample, NodeClientError> {
+        Self::json(self.req(reqwest::Method::GET, &format!("/workspaces/{id}/usage")).send().await).await
+    }
+
+    /// `GET /v1/workspaces/{id}/logs`: a page of the console or the journal.
+    pub async fn logs(&self, id: &str, q: &crate::usage::LogQuery) -> Result<crate::usage::LogPage, NodeClientError> {
+        Self::json(self.req(reqwest::Method::GET, &format!("/workspaces/{id}/logs")).query(q).timeout(Duration::from_secs(60)).send().await).await
+    }
+
+    /// `GET /metrics`: the node's Prometheus text exposition.
+    pub async fn prometheus(&self) -> Result<String, NodeClientError> {
+        let url = format!("{}/metrics", self.base);
+        let r = Self::check(self.http.get(url).bearer_auth(&self.token).send().await).await?;
+        r.text().await.map_err(|e| NodeClientError::Transport(e.to_string()))
+    }
+}

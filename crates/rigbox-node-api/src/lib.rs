@@ -42,10 +42,13 @@
 //! | `PUT /v1/ai/control-plane` | [`AiControlPlane`]: where the slot AI proxies forward calls (sent by the control plane) |
 //! | `PUT /v1/workspaces/{id}/ai-env` | [`AiEnv`]: the workspace's AI variables (merged under its env, pushed if running) |
 //!
+//! Usage samples, logs and the node's Prometheus metrics: see [`usage`].
+//!
 //! Errors are `{"error":{"code","message"}}`; [`codes`] lists the codes.
 #![warn(missing_docs)]
 
 mod client;
+pub mod usage;
 
 pub use client::{NodeClient, NodeClientError, Tunnel, WsStream};
 pub use rigbox_guest_proto as guest;

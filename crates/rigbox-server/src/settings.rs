@@ -24,6 +24,7 @@
 //! | `RIGBOX_EDGE_TLS_CERT`, `RIGBOX_EDGE_TLS_KEY` | unset | PEM files (wildcard certificate) |
 //! | `RIGBOX_ACME_ENABLED`, `RIGBOX_ACME_EMAIL`, `RIGBOX_ACME_DIRECTORY` | off | ACME certificates |
 //! | `RIGBOX_EDGE_UPSTREAM_TIMEOUT_SECS` | `60` | edge: deadline for an app's response headers (then 504) |
+//! | `RIGBOX_METRICS_SAMPLE_MS` | `5000` | how often nodes sample workspace usage and the control plane pulls it |
 //! | `RIGBOX_AI__*` | see [`crate::ai`] | managed AI: provider base URLs, price table, key file, callback URL |
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -122,6 +123,8 @@ pub struct Settings {
     pub edge_upstream_timeout_secs: u64,
     /// Managed AI.
     pub ai: crate::ai::AiSettings,
+    /// Workspace usage sampling interval (ms): nodes sample, the control plane pulls.
+    pub metrics_sample_ms: u64,
 }
 
 impl Default for Settings {
@@ -160,6 +163,7 @@ impl Default for Settings {
             public_scheme: "http".into(),
             edge_upstream_timeout_secs: 60,
             ai: Default::default(),
+            metrics_sample_ms: 5000,
         }
     }
 }
