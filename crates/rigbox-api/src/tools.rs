@@ -174,10 +174,10 @@ async fn install_status(State(st): State<AppState>, auth: Auth, Path((id, tid)):
 async fn launch(State(st): State<AppState>, auth: Auth, Path((id, tid)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let t = tool(&st, &tid)?.clone();
     let w = running_ws(&st, &auth, &id).await?;
+    let cmd = t.launch.replace('\\', "\\\\").replace('"', "\\\"").replace('$', "$$").replace('%', "%%");
     let unit = format!(
-        "[Unit]\nDescription=Rigbox tool {name}\nAfter=network.target\n\n[Service]\nUser=developer\nGroup=developer\nWorkingDirectory=/home/developer\nEnvironmentFile=-/etc/rigbox/env\nExecStart=/bin/bash -lc {cmd}\nRestart=on-failure\nRestartSec=1\n\n[Install]\nWantedBy=multi-user.target\n",
+        "[Unit]\nDescription=Rigbox tool {name}\nAfter=network.target\n\n[Service]\nUser=developer\nGroup=developer\nWorkingDirectory=/home/developer\nEnvironmentFile=-/etc/rigbox/env\nExecStart=/bin/bash -lc \"{cmd}\"\nRestart=on-failure\nRestartSec=1\n\n[Install]\nWantedBy=multi-user.target\n",
         name = t.name,
-        cmd = format!("\"{}\"", t.launch.replace('\\', "\\\\").replace('"', "\\\"").replace('$', "$$").replace('%', "%%"))
     );
     let checks = t.commands.iter().map(|c| format!("command -v {} >/dev/null", quote(c))).collect::<Vec<_>>().join(" && ");
     let script = format!(
