@@ -167,33 +167,36 @@ pub(crate) struct NodeMetrics {
     /// Last boot duration seen per workspace (a resume keeps the old one).
     boots: Mutex<HashMap<String, u64>>,
     snapshots_seen: Mutex<Option<HashSet<String>>>,
-    /// Console line counts: (bytes scanned, newlines, end of the last complete line).
-    console_index: Mutex<HashMap<String, (u64, u64, u64)>>,
+    /// Console line counts (the file is only appended to): (inode, bytes
+    /// scanned, newlines, end of the last complete line).
+    console_index: Mutex<HashMap<String, (u64, u64, u64, u64)>>,
     prom: Prom,
 }
 
 fn state(node: &Node) -> Arc<NodeMetrics> {
     static ALL: OnceLock<Mutex<HashMap<String, Arc<NodeMetrics>>>> = OnceLock::new();
     let mut m = ALL.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    m.entry(node.id().to_string())
-        .or_insert_with(|| {
-            let mut b = [0u8; 6];
-            rand::Rng::fill(&mut rand::thread_rng(), &mut b[..]);
-            Arc::new(NodeMetrics {
-                epoch: hex::encode(b),
-                interval_ms: AtomicU64::new(DEFAULT_INTERVAL.as_millis() as u64),
-                paused: AtomicBool::new(false),
-                running: Mutex::new(None),
-                prev: Mutex::new(HashMap::new()),
-                latest: Mutex::new(HashMap::new()),
-                ring: Mutex::new(Ring::default()),
-                boots: Mutex::new(HashMap::new()),
-                snapshots_seen: Mutex::new(None),
-                console_index: Mutex::new(HashMap::new()),
-                prom: prom(),
-            })
-        })
-        .clone()
+    m.entry(node.id().to_string()).or_insert_with(|| Arc::new(NodeMetrics::new())).clone()
+}
+
+impl NodeMetrics {
+    fn new() -> Self {
+        let mut b = [0u8; 6];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut b[..]);
+        NodeMetrics {
+            epoch: hex::encode(b),
+            interval_ms: AtomicU64::new(DEFAULT_INTERVAL.as_millis() as u64),
+            paused: AtomicBool::new(false),
+            running: Mutex::new(None),
+            prev: Mutex::new(HashMap::new()),
+            latest: Mutex::new(HashMap::new()),
+            ring: Mutex::new(Ring::default()),
+            boots: Mutex::new(HashMap::new()),
+            snapshots_seen: Mutex::new(None),
+            console_index: Mutex::new(HashMap::new()),
+            prom: prom(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -749,9 +752,11 @@ pub fn clean_console_line(raw: &[u8]) -> String {
 
 /// Counts complete lines of the console file (incrementally, per workspace).
 fn console_extent(m: &NodeMetrics, id: &str, f: &mut std::fs::File) -> std::io::Result<(u64, u64)> {
-    let len = f.metadata()?.len();
-    let (mut scanned, mut lines, mut end) = lock(&m.console_index).get(id).copied().unwrap_or((0, 0, 0));
-    if len < scanned {
+    use std::os::unix::fs::MetadataExt;
+    let md = f.metadata()?;
+    let len = md.len();
+    let (ino, mut scanned, mut lines, mut end) = lock(&m.console_index).get(id).copied().unwrap_or((md.ino(), 0, 0, 0));
+    if len < scanned || ino != md.ino() {
         (scanned, lines, end) = (0, 0, 0);
     }
     if len > scanned {
@@ -772,7 +777,7 @@ fn console_extent(m: &NodeMetrics, id: &str, f: &mut std::fs::File) -> std::io::
             pos += n as u64;
         }
         scanned = pos;
-        lock(&m.console_index).insert(id.to_string(), (scanned, lines, end));
+        lock(&m.console_index).insert(id.to_string(), (md.ino(), scanned, lines, end));
     }
     Ok((end, lines))
 }
@@ -1023,6 +1028,56 @@ mod tests {
         assert_eq!(journal_entry(bin).unwrap().0.message, "kernel: hi");
         assert!(valid_journal_cursor("s=ab;i=1f;b=cd;m=1;t=2;x=3") && !valid_journal_cursor("x' ; rm"));
         assert!(valid_unit("rigbox-svc-web.service") && !valid_unit("a b"));
+    }
+
+    fn page(m: &NodeMetrics, path: &std::path::Path, direction: LogDirection, lines: u32, cursor: Option<String>) -> LogPage {
+        console_page(m, "w", path, &LogQuery { source: LogSource::Console, direction, lines, cursor, unit: None }).unwrap()
+    }
+
+    fn nums(p: &LogPage) -> Vec<u64> {
+        p.lines.iter().map(|l| l.number).collect()
+    }
+
+    #[test]
+    fn console_pages_both_ways_and_follows() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("console.log");
+        let mut text = String::new();
+        for i in 1..=10 {
+            text.push_str(&format!("line {i}\r\n"));
+        }
+        text.push_str("login: ");
+        std::fs::write(&path, &text).unwrap();
+        let m = NodeMetrics::new();
+        // Oldest first, page by page; the incomplete prompt is left out.
+        let p1 = page(&m, &path, LogDirection::Oldest, 4, None);
+        assert_eq!((nums(&p1), p1.has_more), (vec![1, 2, 3, 4], true));
+        assert_eq!(p1.lines[0].message, "line 1");
+        let p3 = page(&m, &path, LogDirection::Oldest, 4, Some(page(&m, &path, LogDirection::Oldest, 4, p1.cursor.clone()).cursor.unwrap()));
+        assert_eq!((nums(&p3), p3.has_more), (vec![9, 10], false));
+        // Newest first walks back to the start.
+        let n1 = page(&m, &path, LogDirection::Newest, 4, None);
+        assert_eq!((nums(&n1), n1.has_more), (vec![10, 9, 8, 7], true));
+        let n2 = page(&m, &path, LogDirection::Newest, 4, n1.cursor.clone());
+        assert_eq!(nums(&n2), vec![6, 5, 4, 3]);
+        let n3 = page(&m, &path, LogDirection::Newest, 4, n2.cursor.clone());
+        assert_eq!((nums(&n3), n3.has_more, n3.cursor.clone()), (vec![2, 1], false, None));
+        // Following: nothing new, then the prompt line completes and more arrive.
+        let f = page(&m, &path, LogDirection::Oldest, 100, Some(n1.follow.clone()));
+        assert!(f.lines.is_empty());
+        std::fs::write(&path, format!("{text}root\nline 12\n")).unwrap();
+        let f = page(&m, &path, LogDirection::Oldest, 100, Some(n1.follow.clone()));
+        assert_eq!(nums(&f), vec![11, 12]);
+        assert_eq!(f.lines[0].message, "login: root");
+        assert!(console_page(&m, "w", &path, &LogQuery { source: LogSource::Console, direction: LogDirection::Oldest, lines: 1, cursor: Some("c:99999:5".into()), unit: None }).is_err());
+        // Long lines and a window smaller than the page still work.
+        let big: String = (1..=3000).map(|i| format!("{}{i}\n", "x".repeat(100))).collect();
+        let path = d.path().join("console2.log");
+        std::fs::write(&path, &big).unwrap();
+        let n = page(&m, &path, LogDirection::Newest, 1000, None);
+        assert_eq!((n.lines.len(), n.lines[0].number, n.lines[999].number), (1000, 3000, 2001));
+        let missing = page(&m, &d.path().join("none.log"), LogDirection::Newest, 10, None);
+        assert!(missing.lines.is_empty() && !missing.has_more);
     }
 
     fn target(vcpus: u32) -> Target {
