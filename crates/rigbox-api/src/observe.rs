@@ -463,8 +463,31 @@ fn not_running(w: &WorkspaceRow) -> ApiError {
     ApiError::conflict(format!("workspace {} is {}, not running", w.name, w.status)).details(serde_json::json!({"status": w.status}))
 }
 
-/// The latest point of a running workspace: the sampler's, else the node's.
+/// The latest point of a running workspace: the sampler's, else the node's;
+/// right after a start, waits for the first one (two sampling intervals).
 async fn latest_point(st: &AppState, w: &WorkspaceRow) -> ApiResult<LivePoint> {
+    let sampler = sampler_of(st);
+    let mut rx = sampler.subscribe();
+    match latest_now(st, w).await {
+        Err(e) if e.code == "metrics_pending" => {
+            let wait = sampler.interval() * 2 + Duration::from_secs(1);
+            let first = tokio::time::timeout(wait, async {
+                loop {
+                    match rx.recv().await {
+                        Ok(p) if p.sample.workspace_id == w.id => return Some(p),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return None,
+                    }
+                }
+            })
+            .await;
+            first.ok().flatten().ok_or(e)
+        }
+        other => other,
+    }
+}
+
+async fn latest_now(st: &AppState, w: &WorkspaceRow) -> ApiResult<LivePoint> {
     let sampler = sampler_of(st);
     if let Some(p) = sampler.latest(&w.id) {
         let age = Utc::now().timestamp_millis() - p.sample.at_unix_ms as i64;
@@ -498,18 +521,22 @@ async fn metrics_stream(State(st): State<AppState>, auth: Auth, Path(id): Path<S
     let w = load(&st, &auth, &id).await?;
     let sampler = sampler_of(&st);
     let rx = sampler.subscribe();
-    let first = if w.status == "running" { latest_point(&st, &w).await.ok() } else { None };
-    let state = (rx, first, w.id.clone());
-    let stream = futures::stream::unfold(state, |(mut rx, first, id)| async move {
+    let first = if w.status == "running" { latest_now(&st, &w).await.ok() } else { None };
+    // (receiver, point to send first, workspace, time of the last point sent)
+    let state = (rx, first, w.id.clone(), 0u64);
+    let stream = futures::stream::unfold(state, |(mut rx, first, id, sent)| async move {
         if let Some(p) = first {
             let e = json_event("metrics", &WorkspaceMetrics::of(&p));
-            return Some((Ok::<_, Infallible>(e), (rx, None, id)));
+            let at = p.sample.at_unix_ms;
+            return Some((Ok::<_, Infallible>(e), (rx, None, id, at)));
         }
         loop {
             match rx.recv().await {
-                Ok(p) if p.sample.workspace_id == id => {
+                // The first point may also have come through the channel.
+                Ok(p) if p.sample.workspace_id == id && p.sample.at_unix_ms > sent => {
                     let e = json_event("metrics", &WorkspaceMetrics::of(&p));
-                    return Some((Ok(e), (rx, None, id)));
+                    let at = p.sample.at_unix_ms;
+                    return Some((Ok(e), (rx, None, id, at)));
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
