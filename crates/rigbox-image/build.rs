@@ -9,6 +9,8 @@ fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
     for e in entries {
         let p = e.path();
         if p.is_dir() {
+            // A file added anywhere below changes its directory's mtime.
+            println!("cargo:rerun-if-changed={}", p.display());
             collect(&p, base, out);
         } else {
             let rel = p.strip_prefix(base).expect("prefix").to_string_lossy().into_owned();
