@@ -8,7 +8,7 @@ use crate::state::AppState;
 use rigbox_db::metrics::UsageSampleRow;
 use rigbox_node_api::usage::{UsageBatch, UsageSample};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -20,7 +20,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Sampler state shared with the handlers (`AppState::ext::<Sampler>()`).
 #[derive(Debug)]
 pub struct Sampler {
-    interval: Duration,
+    interval_ms: AtomicU64,
     paused: AtomicBool,
     latest: RwLock<HashMap<String, LivePoint>>,
     tx: broadcast::Sender<LivePoint>,
@@ -31,12 +31,19 @@ pub struct Sampler {
 impl Sampler {
     fn new(interval: Duration) -> Self {
         let (tx, _) = broadcast::channel(4096);
-        Sampler { interval, paused: AtomicBool::new(false), latest: RwLock::new(HashMap::new()), tx, cursors: Mutex::new(HashMap::new()) }
+        let interval_ms = AtomicU64::new(interval.as_millis() as u64);
+        Sampler { interval_ms, paused: AtomicBool::new(false), latest: RwLock::new(HashMap::new()), tx, cursors: Mutex::new(HashMap::new()) }
     }
 
     /// The sampling interval.
     pub fn interval(&self) -> Duration {
-        self.interval
+        Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the sampling interval (the nodes follow at the next pull).
+    pub fn set_interval(&self, every: Duration) {
+        let every = every.clamp(Duration::from_millis(200), Duration::from_secs(60));
+        self.interval_ms.store(every.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Pauses or resumes pulling (benchmarks compare the cost).
@@ -61,7 +68,7 @@ impl Sampler {
 
     /// How old a point may be and still count as live.
     pub fn fresh_for(&self) -> Duration {
-        self.interval * 3 + Duration::from_secs(5)
+        self.interval() * 3 + Duration::from_secs(5)
     }
 }
 
@@ -117,7 +124,7 @@ async fn run(st: AppState, sampler: Arc<Sampler>, stop: CancellationToken) {
                 tracing::warn!("pruning usage samples failed: {e}");
             }
         }
-        let wait = sampler.interval.saturating_sub(t0.elapsed()).max(Duration::from_millis(50));
+        let wait = sampler.interval().saturating_sub(t0.elapsed()).max(Duration::from_millis(50));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -137,7 +144,7 @@ pub async fn pull_all(st: &AppState, sampler: &Sampler) -> u64 {
     let mut stored = 0;
     for (node_id, client) in st.nodes().all() {
         let (epoch, after) = sampler.cursors.lock().ok().and_then(|c| c.get(&node_id).cloned()).unwrap_or_default();
-        let interval_ms = sampler.interval.as_millis() as u64;
+        let interval_ms = sampler.interval().as_millis() as u64;
         let mut batch: UsageBatch = match client.usage(after, interval_ms).await {
             Ok(b) => b,
             Err(e) => {

@@ -214,6 +214,17 @@ pub fn set_paused(node: &Node, paused: bool) {
     state(node).paused.store(paused, Ordering::Relaxed);
 }
 
+/// Collection passes so far and the usage ring's size: (passes, samples
+/// held, approximate bytes held).
+pub fn collector_stats(node: &Node) -> (u64, usize, usize) {
+    let m = state(node);
+    let r = lock(&m.ring);
+    let bytes = r.samples.iter().map(|(_, s)| std::mem::size_of::<(u64, UsageSample)>() + s.workspace_id.capacity()).sum::<usize>()
+        + lock(&m.prev).len() * (std::mem::size_of::<Prev>() + 48)
+        + lock(&m.latest).len() * (std::mem::size_of::<UsageSample>() + 48);
+    (m.prom.ticks.get(), r.samples.len(), bytes)
+}
+
 /// Starts the collector of this node instance unless it runs.
 fn ensure_collector(node: &Node) {
     let m = state(node);
