@@ -28,9 +28,9 @@
 //!
 //! # Jailer
 //!
-//! When a jailer binary is configured *and* enabled (environment variable
-//! [`JAILER_ENV`] set to `1`, or [`FirecrackerVmm::with_jailer`]), Firecracker
-//! runs through it: chroot base `<run_dir>/jail`, uid/gid 0, `--netns
+//! When a jailer binary is installed, Firecracker runs through it unless the
+//! environment variable [`JAILER_ENV`] is `0` (or
+//! [`FirecrackerVmm::with_jailer`] says otherwise): chroot base `<run_dir>/jail`, uid/gid 0, `--netns
 //! /run/netns/<ns>`, no cgroups. Kernel and disk are hard-linked into the
 //! chroot (the kernel is copied when a hard link is impossible; the disk must
 //! be on the run dir's filesystem, since a copy would not be the VM's disk).
@@ -102,15 +102,15 @@ fn absolute(p: &Path) -> Result<PathBuf, VmmError> {
     std::path::absolute(p).map_err(io_err(format!("resolving {}", p.display())))
 }
 
+/// The jailer is on by default; `0`, `false`, `no` or `off` turns it off.
 fn env_flag(name: &str) -> bool {
     std::env::var(name)
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-        .unwrap_or(false)
+        .map(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off"))
+        .unwrap_or(true)
 }
 
 impl FirecrackerVmm {
-    /// Uses `binary`, and `jailer` when given and enabled through
-    /// [`JAILER_ENV`].
+    /// Uses `binary`, and `jailer` when given (unless [`JAILER_ENV`] is `0`).
     pub fn new(binary: PathBuf, jailer: Option<PathBuf>) -> Self {
         let use_jailer = jailer.is_some() && env_flag(JAILER_ENV);
         FirecrackerVmm { binary, jailer, use_jailer }
