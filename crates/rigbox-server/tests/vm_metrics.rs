@@ -47,10 +47,8 @@ fn sse_events(resp: reqwest::Response) -> tokio::sync::mpsc::UnboundedReceiver<(
                 let line = buf[..i].trim_end_matches('\r').to_string();
                 buf.drain(..=i);
                 if line.is_empty() {
-                    if !cur.data.is_empty() || !cur.event.is_empty() {
-                        if tx.send((Instant::now(), std::mem::take(&mut cur))).is_err() {
-                            return;
-                        }
+                    if (!cur.data.is_empty() || !cur.event.is_empty()) && tx.send((Instant::now(), std::mem::take(&mut cur))).is_err() {
+                        return;
                     }
                     cur = Sse::default();
                 } else if let Some(v) = line.strip_prefix("event:") {
@@ -357,6 +355,29 @@ async fn vm_metrics_and_logs() {
     assert!(!stopped["lines"].as_array().unwrap().is_empty());
     let s: Value = c.get(&format!("/workspaces/{id}/metrics/summary?range=1h")).await.unwrap();
     assert_eq!(s["guest_metrics_fresh"], false);
+
+    // A snapshot's duration reaches both expositions.
+    let _: Value = c.send(reqwest::Method::POST, &format!("/workspaces/{id}/snapshots"), &json!({"name": "metered-snap"})).await.unwrap();
+    let histogram_count = |text: &str, name: &str| {
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("exposition parses");
+        scrape
+            .samples
+            .iter()
+            .filter(|x| x.metric == name && x.labels.get("kind") == Some("disk"))
+            .find_map(|x| match &x.value {
+                prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).reduce(f64::max),
+                _ => None,
+            })
+            .unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(60), "the snapshot duration in the control plane's metrics", || async {
+        let text = reqwest::Client::new().get(format!("{}/metrics", t.url())).bearer_auth(&t.admin_key).send().await.ok()?.text().await.ok()?;
+        (histogram_count(&text, "rigbox_snapshot_duration_seconds") >= 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let node = rigbox_node_api::NodeClient::new(t.p().node.url(), t.p().node.token.clone());
+    assert!(histogram_count(&node.prometheus().await.unwrap(), "rigbox_node_snapshot_duration_seconds") >= 1.0);
     assert_eq!(status(Client::new(t.url(), Some("rb_nope".into())).get::<Value>(&format!("/workspaces/{id}/metrics")).await), 401);
     c.delete_workspace(&id).await.unwrap();
     eprintln!("done after {:?}", t0.elapsed());
