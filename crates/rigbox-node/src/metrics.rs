@@ -167,6 +167,9 @@ pub(crate) struct NodeMetrics {
     /// Last boot duration seen per workspace (a resume keeps the old one).
     boots: Mutex<HashMap<String, u64>>,
     snapshots_seen: Mutex<Option<HashSet<String>>>,
+    /// Kept-alive connections to guest agents (one per workspace), so a
+    /// sample costs the guest one request, not a TCP handshake as well.
+    agents: Mutex<HashMap<String, AgentConn>>,
     /// Console line counts (the file is only appended to): (inode, bytes
     /// scanned, newlines, end of the last complete line).
     console_index: Mutex<HashMap<String, (u64, u64, u64, u64)>>,
@@ -193,6 +196,7 @@ impl NodeMetrics {
             ring: Mutex::new(Ring::default()),
             boots: Mutex::new(HashMap::new()),
             snapshots_seen: Mutex::new(None),
+            agents: Mutex::new(HashMap::new()),
             console_index: Mutex::new(HashMap::new()),
             prom: prom(),
         }
@@ -275,7 +279,7 @@ pub(crate) async fn on_halt(node: &Node, ws: &Ws) {
     lock(&m.prev).remove(&ws.id);
     lock(&m.latest).remove(&ws.id);
     lock(&m.console_index).remove(&ws.id);
-    m.prom.ws.reset();
+    lock(&m.agents).remove(&ws.id);
 }
 
 fn push_event(m: &NodeMetrics, e: UsageEvent) {
@@ -463,7 +467,7 @@ async fn collect_one(t: Target, m: Arc<NodeMetrics>, guest_timeout: Duration) ->
         .ok()?
     };
     let host = host.filter(|h| h.start_ticks == t.start_ticks)?;
-    let guest = match t.ws.guest().call::<(), GuestStats>(hyper::Method::GET, "/v1/stats", None, guest_timeout).await {
+    let guest = match guest_stats(&m, &t, guest_timeout).await {
         Ok(g) => Some(g),
         Err(e) => {
             tracing::debug!(workspace = %t.ws.id, "guest stats: {e}");
@@ -474,6 +478,51 @@ async fn collect_one(t: Target, m: Arc<NodeMetrics>, guest_timeout: Duration) ->
     let prev = lock(&m.prev).get(&t.ws.id).cloned();
     let at = now_ms();
     Some(make_sample(&t, &host, guest.as_ref(), prev.as_ref(), at, allocated))
+}
+
+/// A kept-alive HTTP/1.1 connection to one guest agent, with the VMM process it belongs to.
+struct AgentConn {
+    vm_start_ticks: u64,
+    sender: hyper::client::conn::http1::SendRequest<axum::body::Body>,
+}
+
+/// `GET /v1/stats` over the workspace's kept-alive agent connection (opened
+/// inside the slot when missing or broken).
+async fn guest_stats(m: &NodeMetrics, t: &Target, timeout: Duration) -> Result<GuestStats, crate::guest::GuestError> {
+    use crate::guest::GuestError;
+    use http_body_util::BodyExt;
+    let work = async {
+        let kept = lock(&m.agents).remove(&t.ws.id).filter(|c| c.vm_start_ticks == t.start_ticks && !c.sender.is_closed());
+        let mut sender = match kept {
+            Some(c) => c.sender,
+            None => {
+                let stream = t.ws.slot().connect(crate::guest::agent_addr(), Duration::from_secs(2)).await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| GuestError::Unreachable(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
+        sender.ready().await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
+        let req = hyper::Request::builder()
+            .method(hyper::Method::GET)
+            .uri("/v1/stats")
+            .header("host", "guest")
+            .body(axum::body::Body::empty())
+            .map_err(|e| GuestError::Decode(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(crate::guest::Guest::error_of(resp).await);
+        }
+        let body = resp.into_body().collect().await.map_err(|e| GuestError::Unreachable(e.to_string()))?.to_bytes();
+        let stats = serde_json::from_slice(&body).map_err(|e| GuestError::Decode(e.to_string()))?;
+        lock(&m.agents).insert(t.ws.id.clone(), AgentConn { vm_start_ticks: t.start_ticks, sender });
+        Ok(stats)
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| GuestError::Timeout(timeout))?
 }
 
 /// Whether a sample has rates (the first one after a start only primes the counters).

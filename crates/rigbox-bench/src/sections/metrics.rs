@@ -7,8 +7,8 @@
 //! - Real: with 1, 10 and 30 running workspaces, the platform process's CPU
 //!   time (node collector + control-plane sampler + storage, all in this
 //!   process) and the VMM processes' CPU time (the guest agent answering
-//!   `/v1/stats`) over equal windows with collection on (1 s interval, to
-//!   amplify) and paused; the difference divided by the samples taken is the
+//!   `/v1/stats`) over alternating equal windows with collection on (1 s
+//!   interval, to amplify) and paused; the difference divided by the samples taken is the
 //!   cost of one sample. Memory: the node's sample ring and per-workspace
 //!   state, per workspace at the default 5 s interval.
 
@@ -22,13 +22,18 @@ fn process_cpu_ms() -> f64 {
     rigbox_node::metrics::host_view(std::process::id()).map(|v| v.cpu_ms as f64).unwrap_or(0.0)
 }
 
-fn vmm_cpu_ms(prefix: &str) -> f64 {
+/// CPU time (ms) of each VMM process of this node.
+fn vmm_cpu(prefix: &str) -> std::collections::HashMap<u32, f64> {
     rigbox_vmm::process::find_vm_processes()
         .into_iter()
         .filter(|(_, id)| id.starts_with(prefix))
-        .filter_map(|(pid, _)| rigbox_node::metrics::host_view(pid))
-        .map(|v| v.cpu_ms as f64)
-        .sum()
+        .filter_map(|(pid, _)| rigbox_node::metrics::host_view(pid).map(|v| (pid, v.cpu_ms as f64)))
+        .collect()
+}
+
+/// CPU time spent between two readings by the VMM processes alive at both.
+fn vmm_delta(a: &std::collections::HashMap<u32, f64>, b: &std::collections::HashMap<u32, f64>) -> f64 {
+    a.iter().filter_map(|(pid, x)| b.get(pid).map(|y| (y - x).max(0.0))).sum()
 }
 
 fn synthetic_row(ws: &str, t_ms: i64, i: i64) -> UsageSampleRow {
@@ -143,17 +148,34 @@ async fn window(env: &BenchEnv, on: bool, secs: u64) -> anyhow::Result<Window> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (s0, c0) = collection_wall(&nc).await;
     let before = rigbox_db::metrics::MetricsStore::usage_row_counts(p.control.state.store().as_ref()).await?.0;
-    let (cpu0, vmm0) = (process_cpu_ms(), vmm_cpu_ms(&prefix));
+    let (cpu0, vmm0) = (process_cpu_ms(), vmm_cpu(&prefix));
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (cpu1, vmm1) = (process_cpu_ms(), vmm_cpu_ms(&prefix));
+    let (cpu1, vmm1) = (process_cpu_ms(), vmm_cpu(&prefix));
     let after = rigbox_db::metrics::MetricsStore::usage_row_counts(p.control.state.store().as_ref()).await?.0;
     let (s1, c1) = collection_wall(&nc).await;
     Ok(Window {
         process_ms: cpu1 - cpu0,
-        vmm_ms: vmm1 - vmm0,
+        vmm_ms: vmm_delta(&vmm0, &vmm1),
         samples: (after - before).max(0) as f64,
         pass_ms: if c1 > c0 { (s1 - s0) * 1000.0 / (c1 - c0) } else { 0.0 },
     })
+}
+
+/// Alternating windows with collection on and paused (`rounds` of each), summed.
+async fn compare(env: &BenchEnv, rounds: usize, secs: u64) -> anyhow::Result<(Window, Window)> {
+    let mut on = Window { process_ms: 0.0, vmm_ms: 0.0, samples: 0.0, pass_ms: 0.0 };
+    let mut off = Window { process_ms: 0.0, vmm_ms: 0.0, samples: 0.0, pass_ms: 0.0 };
+    for _ in 0..rounds {
+        let a = window(env, true, secs).await?;
+        on.process_ms += a.process_ms;
+        on.vmm_ms += a.vmm_ms;
+        on.samples += a.samples;
+        on.pass_ms += a.pass_ms / rounds as f64;
+        let b = window(env, false, secs).await?;
+        off.process_ms += b.process_ms;
+        off.vmm_ms += b.vmm_ms;
+    }
+    Ok((on, off))
 }
 
 async fn real(env: &BenchEnv, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
@@ -188,9 +210,9 @@ async fn real(env: &BenchEnv, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> a
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        let secs = 20;
-        let on = window(env, true, secs).await?;
-        let off = window(env, false, secs).await?;
+        let (rounds, each) = (2, 15);
+        let secs = rounds as u64 * each;
+        let (on, off) = compare(env, rounds, each).await?;
         rigbox_node::metrics::set_paused(&p.node.node, false);
         sampler.set_paused(false);
         let samples = on.samples.max(1.0);
@@ -205,7 +227,7 @@ async fn real(env: &BenchEnv, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> a
         ));
         rows.push(Row::new(format!("{n} running: collection pass wall time"), format!("{:.1} ms", on.pass_ms)));
         notes.push(format!(
-            "{n} running: platform CPU {:.0} ms with collection vs {:.0} ms paused; VMMs {:.0} ms vs {:.0} ms (over {secs} s each)",
+            "{n} running: platform CPU {:.0} ms with collection vs {:.0} ms paused; VMMs {:.0} ms vs {:.0} ms (over {secs} s each, alternating {rounds} x {each} s)",
             on.process_ms, off.process_ms, on.vmm_ms, off.vmm_ms
         ));
         // Memory: at 1 s the ring holds 10 minutes = 600 samples per workspace;
