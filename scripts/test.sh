@@ -17,13 +17,16 @@ cargo build --workspace --all-targets
 step "guest images for the tests (kernel, base, dev)"
 target/debug/rigboxd image build --template base --template dev
 
-step "clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-
+status=0
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --profile ci --no-fail-fast
+  cargo nextest run --workspace --profile ci --no-fail-fast || status=1
 else
-  cargo test --workspace --no-fail-fast -- --test-threads 2
+  cargo test --workspace --no-fail-fast -- --test-threads 2 || status=1
 fi
-step "done"
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings || status=1
+
+step "done (status $status)"
+exit $status
