@@ -103,8 +103,17 @@ pub(crate) struct Ws {
     pub scoped: String,
     pub dir: PathBuf,
     pub rec: Mutex<Record>,
-    /// Cancels an in-flight boot.
-    pub boot: StdMutex<Option<CancellationToken>>,
+    /// The in-flight boot, if any.
+    pub boot: StdMutex<Option<BootTask>>,
+}
+
+/// A boot running in the background: cancel it, then wait until it has let
+/// go of what it made, so a cancel or delete that returns leaves nothing
+/// behind.
+#[derive(Debug)]
+pub struct BootTask {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Ws {
@@ -222,6 +231,30 @@ pub struct Node {
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("node_id", &self.inner.node_id).finish()
+    }
+}
+
+/// Runs a boot in the background, recorded in `ws.boot` so that a cancel or
+/// delete can stop it and wait for it.
+fn spawn_boot<F, Fut>(ws: &Ws, boot: F)
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let token = CancellationToken::new();
+    let task = tokio::spawn(boot(token.clone()));
+    if let Ok(mut b) = ws.boot.lock() {
+        *b = Some(BootTask { token, task });
+    }
+}
+
+/// Cancels the boot of `ws`, if one runs, and waits until it has finished
+/// (call without holding the record's lock: the boot takes it).
+async fn stop_boot(ws: &Ws) {
+    let Some(b) = ws.boot.lock().ok().and_then(|mut b| b.take()) else { return };
+    b.token.cancel();
+    if tokio::time::timeout(Duration::from_secs(120), b.task).await.is_err() {
+        tracing::warn!(workspace = %ws.id, "the boot did not end within 120 s of its cancel");
     }
 }
 
@@ -375,16 +408,8 @@ impl Node {
     }
 
     async fn create_warm(&self, id: &str, spec: CreateWorkspace, meta: &rigbox_node_api::SnapshotMeta, snap: &Path) -> Result<WorkspaceStatus, NodeError> {
-        let dir = self.ws_root().join(id);
-        {
-            let map = self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?;
-            if map.contains_key(id) || dir.exists() {
-                return Err(NodeError::Exists(id.into()));
-            }
-            std::fs::create_dir_all(dir.join("run")).map_err(io("creating the workspace dir"))?;
-            std::fs::write(dir.join(".creating"), b"").map_err(io("marking the workspace as creating"))?;
-        }
-        let result = async {
+        let dir = self.reserve(id)?;
+        let made = async {
             let out = tokio::process::Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
                 .arg(snap.join("disk.raw"))
@@ -395,38 +420,14 @@ impl Node {
             if !out.status.success() {
                 return Err(NodeError::Command(format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim())));
             }
-            let rec = Record {
-                id: id.into(),
-                spec,
-                state: WorkspaceState::Provisioned,
-                vm: None,
-                backend: self.inner.vmm.kind(),
-                accel: self.inner.vmm.accel(),
-                failure: None,
-                boot_ms: None,
-                state_changed_unix_ms: now_ms(),
-                disk_format: DiskFormat::Qcow2,
-                backing_snapshot: Some(meta.id.clone()),
-                warm_snapshot: Some(meta.id.clone()),
-            };
-            write_record(&dir, &rec).await?;
-            tokio::fs::remove_file(dir.join(".creating")).await.map_err(io("finishing create"))?;
-            Ok::<_, NodeError>(rec)
+            let mut rec = self.new_record(id, spec, WorkspaceState::Provisioned, DiskFormat::Qcow2);
+            rec.backing_snapshot = Some(meta.id.clone());
+            rec.warm_snapshot = Some(meta.id.clone());
+            Ok(rec)
         }
         .await;
-        let rec = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                return Err(e);
-            }
-        };
-        let ws = Arc::new(Ws { id: id.into(), scoped: format!("{}-{id}", self.inner.node_id), dir, rec: Mutex::new(rec), boot: StdMutex::new(None) });
-        let status = {
-            let rec = ws.rec.lock().await;
-            ws.status(&rec)
-        };
-        self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?.insert(id.into(), ws);
+        let ws = self.commit(dir, made).await?;
+        let status = ws.status(&*ws.rec.lock().await);
         tracing::info!(workspace = id, warm = %meta.id, "created from a warm template");
         Ok(status)
     }
@@ -466,51 +467,75 @@ impl Node {
             }
         }
         // Reserve the id before any slow work.
-        let dir = self.ws_root().join(id);
-        {
-            let map = self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?;
-            if map.contains_key(id) || dir.exists() {
-                return Err(NodeError::Exists(id.into()));
-            }
-            std::fs::create_dir_all(dir.join("run")).map_err(io("creating the workspace dir"))?;
-            std::fs::write(dir.join(".creating"), b"").map_err(io("marking the workspace as creating"))?;
-        }
-        let result = async {
+        let dir = self.reserve(id)?;
+        let made = async {
             disk::create_from_image(&image.rootfs, &dir.join("disk.raw"), u64::from(spec.disk_mb)).await?;
-            let rec = Record {
-                id: id.into(),
-                spec,
-                state: WorkspaceState::Provisioned,
-                vm: None,
-                backend: self.inner.vmm.kind(),
-                accel: self.inner.vmm.accel(),
-                failure: None,
-                boot_ms: None,
-                state_changed_unix_ms: now_ms(),
-                disk_format: DiskFormat::Raw,
-                backing_snapshot: None,
-                warm_snapshot: None,
-            };
+            Ok(self.new_record(id, spec, WorkspaceState::Provisioned, DiskFormat::Raw))
+        }
+        .await;
+        let ws = self.commit(dir, made).await?;
+        let status = ws.status(&*ws.rec.lock().await);
+        tracing::info!(workspace = id, "created");
+        Ok(status)
+    }
+
+    /// Claims `id` for a new workspace: fails if it is taken, else makes its
+    /// directory with a `.creating` marker (reclaimed at startup if the
+    /// process dies before [`Node::commit`]).
+    pub(crate) fn reserve(&self, id: &str) -> Result<PathBuf, NodeError> {
+        if !valid_id(id) {
+            return Err(NodeError::Invalid(format!("invalid workspace id {id:?}")));
+        }
+        let dir = self.ws_root().join(id);
+        let map = self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?;
+        if map.contains_key(id) || dir.exists() {
+            return Err(NodeError::Exists(id.into()));
+        }
+        std::fs::create_dir_all(dir.join("run")).map_err(io("creating the workspace dir"))?;
+        std::fs::write(dir.join(".creating"), b"").map_err(io("marking the workspace as creating"))?;
+        Ok(dir)
+    }
+
+    /// Finishes a create begun with [`Node::reserve`]: on success persists
+    /// the record, drops the marker and registers the workspace; on failure
+    /// removes the directory, so nothing half-made is left.
+    pub(crate) async fn commit(&self, dir: PathBuf, made: Result<Record, NodeError>) -> Result<Arc<Ws>, NodeError> {
+        let done = async {
+            let rec = made?;
             write_record(&dir, &rec).await?;
             tokio::fs::remove_file(dir.join(".creating")).await.map_err(io("finishing create"))?;
             Ok::<_, NodeError>(rec)
         }
         .await;
-        let rec = match result {
+        let rec = match done {
             Ok(r) => r,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(e);
             }
         };
-        let ws = Arc::new(Ws { id: id.into(), scoped: format!("{}-{id}", self.inner.node_id), dir, rec: Mutex::new(rec), boot: StdMutex::new(None) });
-        let status = {
-            let rec = ws.rec.lock().await;
-            ws.status(&rec)
-        };
-        self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?.insert(id.into(), ws);
-        tracing::info!(workspace = id, "created");
-        Ok(status)
+        let id = rec.id.clone();
+        let ws = Arc::new(Ws { id: id.clone(), scoped: format!("{}-{id}", self.inner.node_id), dir, rec: Mutex::new(rec), boot: StdMutex::new(None) });
+        self.inner.workspaces.lock().map_err(|_| NodeError::Invalid("poisoned".into()))?.insert(id, ws.clone());
+        Ok(ws)
+    }
+
+    /// A fresh record for this node's backend.
+    pub(crate) fn new_record(&self, id: &str, spec: CreateWorkspace, state: WorkspaceState, disk_format: DiskFormat) -> Record {
+        Record {
+            id: id.into(),
+            spec,
+            state,
+            vm: None,
+            backend: self.inner.vmm.kind(),
+            accel: self.inner.vmm.accel(),
+            failure: None,
+            boot_ms: None,
+            state_changed_unix_ms: now_ms(),
+            disk_format,
+            backing_snapshot: None,
+            warm_snapshot: None,
+        }
     }
 
     /// Boots a workspace; returns at once in `starting`.
@@ -535,22 +560,14 @@ impl Node {
         rec.accel = self.inner.vmm.accel();
         rec.state_changed_unix_ms = now_ms();
         ws.persist(&rec).await?;
-        let token = CancellationToken::new();
-        if let Ok(mut b) = ws.boot.lock() {
-            *b = Some(token.clone());
-        }
         let status = ws.status(&rec);
         let warm = rec.warm_snapshot.clone();
         drop(rec);
         let node = self.clone();
         let w = ws.clone();
         match warm {
-            Some(sid) => {
-                tokio::spawn(async move { node.warm_start(w, sid, kernel, token).await });
-            }
-            None => {
-                tokio::spawn(async move { node.boot(w, kernel, token, true).await });
-            }
+            Some(sid) => spawn_boot(&ws, move |token| async move { node.warm_start(w, sid, kernel, token).await }),
+            None => spawn_boot(&ws, move |token| async move { node.boot(w, kernel, token, true).await }),
         }
         Ok(status)
     }
@@ -646,6 +663,7 @@ impl Node {
             let mut rec = ws.rec.lock().await;
             if rec.state != WorkspaceState::Starting || token.is_cancelled() {
                 let _ = self.inner.vmm.kill(&cfg, &vm).await;
+                let _ = slot.delete();
                 return Err(("cancelled", "the boot was cancelled".into()));
             }
             rec.vm = Some(vm.clone());
@@ -687,11 +705,12 @@ impl Node {
     /// Aborts a boot: the VM is killed and the workspace is `stopped`.
     pub async fn cancel(&self, id: &str) -> Result<WorkspaceStatus, NodeError> {
         let ws = self.get(id)?;
+        let state = ws.rec.lock().await.state;
+        state.apply(Event::Cancel)?;
+        // The boot task takes the record's lock: wait for it unlocked.
+        stop_boot(&ws).await;
         let mut rec = ws.rec.lock().await;
         ws.transition(&mut rec, Event::Cancel).await?;
-        if let Some(t) = ws.boot.lock().ok().and_then(|mut b| b.take()) {
-            t.cancel();
-        }
         self.halt(&ws, &mut rec).await;
         Ok(ws.status(&rec))
     }
@@ -816,11 +835,11 @@ impl Node {
     /// Deletes a workspace and everything it has on this node.
     pub async fn delete(&self, id: &str) -> Result<(), NodeError> {
         let ws = self.get(id)?;
+        let state = ws.rec.lock().await.state;
+        state.apply(Event::Delete)?;
+        stop_boot(&ws).await;
         let mut rec = ws.rec.lock().await;
         ws.transition(&mut rec, Event::Delete).await?;
-        if let Some(t) = ws.boot.lock().ok().and_then(|mut b| b.take()) {
-            t.cancel();
-        }
         self.halt(&ws, &mut rec).await;
         tokio::fs::remove_dir_all(&ws.dir).await.map_err(io("removing the workspace files"))?;
         if let Ok(mut m) = self.inner.workspaces.lock() {
@@ -1048,14 +1067,10 @@ impl Node {
             }
             (WorkspaceState::Starting, true) => {
                 tracing::info!(workspace = %ws.id, "re-adopted a booting VM");
-                let token = CancellationToken::new();
-                if let Ok(mut b) = ws.boot.lock() {
-                    *b = Some(token.clone());
-                }
                 let node = self.clone();
                 let w = ws.clone();
                 let k = kernel.map(Path::to_path_buf).unwrap_or_default();
-                tokio::spawn(async move { node.boot(w, k, token, false).await });
+                spawn_boot(ws, move |token| async move { node.boot(w, k, token, false).await });
             }
             (WorkspaceState::Stopping, true) => {
                 let node = self.clone();
@@ -1071,14 +1086,10 @@ impl Node {
                 tracing::info!(workspace = %ws.id, "resuming an interrupted boot");
                 rec.vm = None;
                 let _ = ws.persist(&rec).await;
-                let token = CancellationToken::new();
-                if let Ok(mut b) = ws.boot.lock() {
-                    *b = Some(token.clone());
-                }
                 let node = self.clone();
                 let w = ws.clone();
                 let k = kernel.map(Path::to_path_buf).unwrap_or_default();
-                tokio::spawn(async move { node.boot(w, k, token, true).await });
+                spawn_boot(ws, move |token| async move { node.boot(w, k, token, true).await });
             }
             (WorkspaceState::Running | WorkspaceState::Starting, false) => {
                 rec.vm = None;

@@ -40,7 +40,7 @@
 //!   `paused`, ready to resume where the snapshot was taken.
 
 use crate::error::{io, NodeError};
-use crate::node::{now_ms, write_record, Node, Record, Ws};
+use crate::node::{now_ms, Node, Record, Ws};
 use crate::server::AppState;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
@@ -55,10 +55,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
-use tokio::sync::Mutex;
 
 /// Artifact format name.
 pub const FORMAT: &str = "rigbox-snapshot";
@@ -591,60 +590,52 @@ impl Node {
         let t0 = Instant::now();
         let results = futures::future::join_all(req.forks.iter().map(|t| self.fork_one(&snapshot, &snap_dir, &spec, t))).await;
         let mut workspaces = Vec::new();
+        let mut first_err = None;
         for r in results {
-            workspaces.push(r?);
+            match r {
+                Ok(w) => workspaces.push(w),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_err {
+            // All or nothing: a fork the caller never hears of must not live on.
+            for w in &workspaces {
+                if let Err(de) = self.delete(&w.id).await {
+                    tracing::warn!(workspace = %w.id, "removing a fork after a failed sibling: {de}");
+                }
+            }
+            return Err(e);
         }
         tracing::info!(source = id, forks = workspaces.len(), took_ms = t0.elapsed().as_millis() as u64, "forked");
         Ok(ForkResponse { snapshot, workspaces })
     }
 
     async fn fork_one(&self, meta: &SnapshotMeta, snap_dir: &FsPath, spec: &rigbox_node_api::CreateWorkspace, t: &ForkTarget) -> R<WorkspaceStatus> {
-        let dir = self.ws_root().join(&t.id);
-        tokio::fs::create_dir_all(dir.join("run")).await.map_err(io("creating the fork dir"))?;
-        tokio::fs::write(dir.join(".creating"), b"").await.map_err(io("marking the fork"))?;
-        let (format, backing) = if self.inner.vmm.kind() == BackendKind::Qemu {
-            run(
-                Command::new("qemu-img")
-                    .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                    .arg(snap_dir.join("disk.raw"))
-                    .arg(dir.join("disk.qcow2")),
-                "creating the copy-on-write disk",
-            )
-            .await?;
-            (DiskFormat::Qcow2, Some(meta.id.clone()))
-        } else {
-            export_disk(&snap_dir.join("disk.raw"), DiskFormat::Raw, &dir.join("disk.raw")).await?;
-            (DiskFormat::Raw, None)
-        };
-        let mut fspec = spec.clone();
-        fspec.hostname = t.hostname.clone();
-        fspec.metadata = t.metadata.clone();
-        let rec = Record {
-            id: t.id.clone(),
-            spec: fspec,
-            state: WorkspaceState::Starting,
-            vm: None,
-            backend: self.inner.vmm.kind(),
-            accel: self.inner.vmm.accel(),
-            failure: None,
-            boot_ms: None,
-            state_changed_unix_ms: now_ms(),
-            disk_format: format,
-            backing_snapshot: backing,
-            warm_snapshot: None,
-        };
-        write_record(&dir, &rec).await?;
-        tokio::fs::remove_file(dir.join(".creating")).await.map_err(io("finishing the fork"))?;
-        let ws = Arc::new(Ws {
-            id: t.id.clone(),
-            scoped: format!("{}-{}", self.inner.node_id, t.id),
-            dir,
-            rec: Mutex::new(rec),
-            boot: StdMutex::new(None),
-        });
-        if let Ok(mut m) = self.inner.workspaces.lock() {
-            m.insert(t.id.clone(), ws.clone());
+        let dir = self.reserve(&t.id)?;
+        let made = async {
+            let (format, backing) = if self.inner.vmm.kind() == BackendKind::Qemu {
+                run(
+                    Command::new("qemu-img")
+                        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                        .arg(snap_dir.join("disk.raw"))
+                        .arg(dir.join("disk.qcow2")),
+                    "creating the copy-on-write disk",
+                )
+                .await?;
+                (DiskFormat::Qcow2, Some(meta.id.clone()))
+            } else {
+                export_disk(&snap_dir.join("disk.raw"), DiskFormat::Raw, &dir.join("disk.raw")).await?;
+                (DiskFormat::Raw, None)
+            };
+            let mut fspec = spec.clone();
+            fspec.hostname = t.hostname.clone();
+            fspec.metadata = t.metadata.clone();
+            let mut rec = self.new_record(&t.id, fspec, WorkspaceState::Starting, format);
+            rec.backing_snapshot = backing;
+            Ok(rec)
         }
+        .await;
+        let ws = self.commit(dir, made).await?;
         let mut rec = ws.rec.lock().await;
         let t0 = Instant::now();
         match self.restore_vm(&ws, &mut rec, snap_dir, meta, true).await {

@@ -228,7 +228,7 @@ async fn vm_a_guest_that_never_answers_times_out_and_fails() {
     c.start(id).await.unwrap();
     let s = wait_state(&c, id, WorkspaceState::Failed).await;
     assert_eq!(s.failure.unwrap().code, "boot_timeout");
-    assert!(t.vm_processes().is_empty() && t.slots().is_empty());
+    assert!(t.vm_processes().is_empty() && t.slots().is_empty(), "left after the timeout: {:?} {:?}", t.vm_processes(), t.slots());
     // Cancel of a boot.
     t.settings.boot_timeout_secs = 240;
     t.restart().await.unwrap();

@@ -26,6 +26,14 @@
 //! VM uses the new `cfg.disk` even though the snapshot only names
 //! `fc-rootfs`.
 //!
+//! # Vsock
+//!
+//! Every VM gets a vsock device (guest CID [`GUEST_CID`]) whose host socket
+//! is the relative path [`VSOCK_SOCKET`], so that, like the disk, a restored
+//! VM binds it in its own run dir (or chroot) with no override. The node's
+//! channel to the guest agent is still the slot network, the same on both
+//! backends; the device is ready for an agent transport over vsock.
+//!
 //! # Jailer
 //!
 //! When a jailer binary is installed, Firecracker runs through it unless the
@@ -57,6 +65,13 @@ pub const DISK_LINK: &str = "fc-rootfs";
 
 /// The drive id of the root disk.
 const ROOT_DRIVE: &str = "rootfs";
+/// The vsock device's host-side Unix socket, relative to Firecracker's
+/// working directory (so a snapshot, which records it as given, finds it in
+/// the restoring VM's own run dir or chroot without an override).
+pub const VSOCK_SOCKET: &str = "v.sock";
+/// The guest's vsock context id (each VM has its own device, so every guest
+/// can use the same one).
+pub const GUEST_CID: u32 = 3;
 /// The interface id of the guest NIC.
 const IFACE: &str = "eth0";
 /// How long Firecracker may take to open its API socket.
@@ -175,6 +190,12 @@ impl FirecrackerVmm {
         Ok(lay)
     }
 
+    /// The host path of a VM's vsock socket: a host process connects to it
+    /// and writes `CONNECT <port>\n` to reach a guest listener on that port.
+    pub fn vsock_socket(&self, cfg: &VmConfig) -> Result<PathBuf, VmmError> {
+        Ok(self.layout(cfg)?.root.join(VSOCK_SOCKET))
+    }
+
     fn api(&self, cfg: &VmConfig, vm: &VmProcess) -> Result<FcApi, VmmError> {
         if !is_alive(vm) {
             return Err(VmmError::NotRunning(vm.pid));
@@ -214,6 +235,7 @@ impl FirecrackerVmm {
             let _ = tokio::fs::remove_file(&link).await;
             tokio::fs::symlink(&disk, &link).await.map_err(io_err(format!("linking {}", link.display())))?;
             let _ = tokio::fs::remove_file(&lay.sock).await;
+            let _ = tokio::fs::remove_file(lay.root.join(VSOCK_SOCKET)).await;
         }
         Ok(())
     }
@@ -303,7 +325,7 @@ impl FirecrackerVmm {
         } else {
             absolute(&cfg.kernel)?.display().to_string()
         };
-        let steps: [(Method, &str, Value); 5] = [
+        let steps: [(Method, &str, Value); 6] = [
             (
                 Method::PUT,
                 "/boot-source",
@@ -332,6 +354,7 @@ impl FirecrackerVmm {
                 "/network-interfaces/eth0",
                 json!({ "iface_id": IFACE, "guest_mac": cfg.mac, "host_dev_name": cfg.tap }),
             ),
+            (Method::PUT, "/vsock", json!({ "guest_cid": GUEST_CID, "uds_path": VSOCK_SOCKET })),
             (Method::PUT, "/actions", json!({ "action_type": "InstanceStart" })),
         ];
         for (method, path, body) in steps {

@@ -171,6 +171,16 @@ fn assert_placed(vm: &VmProcess, slot: &Slot) {
     assert_eq!(nix::unistd::getpgid(Some(pid)).expect("getpgid"), pid, "not its own process group");
 }
 
+/// The VM's vsock device is configured: its host socket exists and
+/// Firecracker accepts connections on it.
+fn assert_vsock(vmm: &FirecrackerVmm, cfg: &VmConfig) {
+    use std::os::unix::fs::FileTypeExt;
+    let sock = vmm.vsock_socket(cfg).expect("vsock path");
+    let meta = std::fs::metadata(&sock).unwrap_or_else(|e| panic!("vsock socket {}: {e}", sock.display()));
+    assert!(meta.file_type().is_socket(), "{} is not a socket", sock.display());
+    std::os::unix::net::UnixStream::connect(&sock).unwrap_or_else(|e| panic!("connecting to {}: {e}", sock.display()));
+}
+
 fn inode(p: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).expect("stat");
@@ -199,6 +209,7 @@ async fn lifecycle(vmm: &FirecrackerVmm, host: &Host, tag: &str) {
     assert!(is_alive(&vm));
     assert_placed(&vm, &slot1);
     assert_eq!(vmm.instance_state(&cfg1, &vm).await.unwrap(), "Running");
+    assert_vsock(&vmm, &cfg1);
     assert!(
         find_vm_processes().contains(&(vm.pid, id1.clone())),
         "find_vm_processes() does not list pid {} as {id1}",
@@ -253,6 +264,8 @@ async fn lifecycle(vmm: &FirecrackerVmm, host: &Host, tag: &str) {
     assert!(open.contains(&inode(&disk2)), "restored VM does not have {} open", disk2.display());
     assert!(!open.contains(&inode(&disk1)), "restored VM still uses the old disk");
     assert!(find_vm_processes().contains(&(vm2.pid, id2.clone())));
+    // The vsock device came back with the snapshot, bound in the new run dir.
+    assert_vsock(&vmm, &cfg2);
     let t = Instant::now();
     vmm.pause(&cfg2, &vm2).await.unwrap();
     println!("[{tag}] pause after restore: {}", ms(t));
