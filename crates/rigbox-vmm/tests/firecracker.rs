@@ -209,7 +209,7 @@ async fn lifecycle(vmm: &FirecrackerVmm, host: &Host, tag: &str) {
     assert!(is_alive(&vm));
     assert_placed(&vm, &slot1);
     assert_eq!(vmm.instance_state(&cfg1, &vm).await.unwrap(), "Running");
-    assert_vsock(&vmm, &cfg1);
+    assert_vsock(vmm, &cfg1);
     assert!(
         find_vm_processes().contains(&(vm.pid, id1.clone())),
         "find_vm_processes() does not list pid {} as {id1}",
@@ -265,7 +265,7 @@ async fn lifecycle(vmm: &FirecrackerVmm, host: &Host, tag: &str) {
     assert!(!open.contains(&inode(&disk1)), "restored VM still uses the old disk");
     assert!(find_vm_processes().contains(&(vm2.pid, id2.clone())));
     // The vsock device came back with the snapshot, bound in the new run dir.
-    assert_vsock(&vmm, &cfg2);
+    assert_vsock(vmm, &cfg2);
     let t = Instant::now();
     vmm.pause(&cfg2, &vm2).await.unwrap();
     println!("[{tag}] pause after restore: {}", ms(t));
