@@ -542,11 +542,13 @@ fn has_template_scripts(st: &AppState, w: &rigbox_db::WorkspaceRow) -> bool {
 }
 
 /// Asks the workspace's node to keep a warm snapshot of its template at its
-/// size (no-op when one exists or is being built).
+/// memory and vCPUs (no-op when one exists or is being built). The snapshot's
+/// disk is the template's floor: larger disks are grown after a restore.
 pub fn warm_in_background(st: &AppState, w: &rigbox_db::WorkspaceRow) {
     let Some(t) = w.template_id.clone() else { return };
     let Ok(client) = st.nodes().client(&w.node_id) else { return };
-    let req = rigbox_node_api::WarmRequest { ram_mb: w.ram_mb as u32, vcpus: w.vcpu_count as u32, disk_mb: w.disk_size_mb as u32 };
+    let floor = st.recipes().template(&t).map(|r| r.min_disk_mb).unwrap_or(w.disk_size_mb as u32);
+    let req = rigbox_node_api::WarmRequest { ram_mb: w.ram_mb as u32, vcpus: w.vcpu_count as u32, disk_mb: floor.min(w.disk_size_mb as u32) };
     tokio::spawn(async move {
         if let Err(e) = client.warm_template(&t, &req).await {
             tracing::debug!(template = %t, "warming request failed: {e}");

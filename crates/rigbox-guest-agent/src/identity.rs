@@ -77,6 +77,66 @@ pub async fn apply(st: &AgentState, req: InitRequest) -> Result<(), AgentError> 
         tokio::fs::create_dir_all("/etc/rigbox").await?;
         tokio::fs::write(METADATA, serde_json::to_vec_pretty(meta).unwrap_or_default()).await?;
     }
+    if let Some(bytes) = req.root_disk_bytes {
+        grow_root(bytes).await?;
+    }
+    Ok(())
+}
+
+/// The root block device (the kernel command line says `root=/dev/vda`).
+const ROOT_DEV: &str = "vda";
+
+fn device_bytes() -> Option<u64> {
+    let sectors: u64 = std::fs::read_to_string(format!("/sys/block/{ROOT_DEV}/size")).ok()?.trim().parse().ok()?;
+    Some(sectors * 512)
+}
+
+/// Size of the ext4 filesystem on the root device, from its superblock.
+fn ext4_bytes() -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(format!("/dev/{ROOT_DEV}")).ok()?;
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(1024)).ok()?;
+    f.read_exact(&mut sb).ok()?;
+    ext4_size(&sb)
+}
+
+/// Bytes covered by an ext4 superblock's block count.
+fn ext4_size(sb: &[u8; 1024]) -> Option<u64> {
+    let le32 = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+        return None;
+    }
+    let block_size = 1024u64 << le32(0x18);
+    let is_64bit = le32(0x60) & 0x80 != 0;
+    let hi = if is_64bit { u64::from(le32(0x150)) } else { 0 };
+    Some(((hi << 32) | u64::from(le32(0x04))) * block_size)
+}
+
+/// Waits until the root device is at least `bytes` long (a disk grown while
+/// the guest runs shows up after a configuration interrupt), then grows the
+/// mounted root filesystem to fill it.
+async fn grow_root(bytes: u64) -> Result<(), AgentError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dev = loop {
+        let dev = device_bytes().unwrap_or(0);
+        if dev >= bytes {
+            break dev;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(AgentError::internal(format!("the root disk is {dev} bytes, expected {bytes}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let Some(fs) = ext4_bytes() else { return Ok(()) };
+    if dev.saturating_sub(fs) < 1 << 20 {
+        return Ok(());
+    }
+    let out = Command::new("resize2fs").arg(format!("/dev/{ROOT_DEV}")).output().await?;
+    if !out.status.success() {
+        return Err(AgentError::internal(format!("resize2fs: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    tracing::info!(from = fs, to = dev, "grew the root filesystem");
     Ok(())
 }
 
@@ -224,6 +284,27 @@ mod tests {
         assert!(!valid_hostname("-x"));
         assert!(!valid_hostname("a b"));
         assert!(!valid_hostname(""));
+    }
+
+    #[test]
+    fn ext4_superblocks_give_the_filesystem_size() {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = std::env::temp_dir().join(format!("rbx-sb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("fs.ext4");
+        let made = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img).arg("40M").status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("SKIP: mkfs.ext4 is not available");
+            return;
+        }
+        let mut sb = [0u8; 1024];
+        let mut f = std::fs::File::open(&img).unwrap();
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.read_exact(&mut sb).unwrap();
+        assert_eq!(ext4_size(&sb), Some(40 << 20));
+        sb[0x38] = 0;
+        assert_eq!(ext4_size(&sb), None, "not ext4");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

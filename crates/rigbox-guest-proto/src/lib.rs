@@ -102,6 +102,11 @@ pub struct InitRequest {
     /// Non-secret metadata written to `/etc/rigbox/workspace.json`.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    /// Size of the root disk in bytes: the agent waits (briefly) until the
+    /// guest sees a disk that large (after a hot grow) and grows the root
+    /// filesystem online to fill it.
+    #[serde(default)]
+    pub root_disk_bytes: Option<u64>,
 }
 
 /// When a setup script runs.

@@ -67,6 +67,18 @@ async fn grow_fs(path: &Path, size_mb: u64, check: bool) -> Result<(), NodeError
     }
 }
 
+/// Grows the virtual size of a qcow2 overlay to `size_mb` (the filesystem is
+/// grown by the guest when it boots); a no-op when it is already that large.
+pub async fn grow_qcow2(path: &Path, size_mb: u64) -> Result<(), NodeError> {
+    let out = Command::new("qemu-img").args(["info", "--output=json", "-U"]).arg(path).output().await.map_err(io("running qemu-img info"))?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| NodeError::Command(format!("qemu-img info: {e}")))?;
+    let virtual_size = info["virtual-size"].as_u64().unwrap_or(0);
+    if virtual_size >= size_mb << 20 {
+        return Ok(());
+    }
+    run(Command::new("qemu-img").args(["resize", "-q", "-f", "qcow2"]).arg(path).arg(format!("{size_mb}M")), "qemu-img resize", &[0]).await
+}
+
 fn size_mb_of(path: &Path) -> Result<u64, NodeError> {
     size_mb(path).map_err(io(format!("reading {}", path.display())))
 }

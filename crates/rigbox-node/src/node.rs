@@ -601,6 +601,13 @@ impl Node {
                 tracing::warn!(workspace = %ws.id, "warm start failed ({e}); booting cold");
                 if let Ok(mut rec) = ws.try_lock_rec() {
                     rec.warm_snapshot = None;
+                    if rec.disk_format == DiskFormat::Qcow2 {
+                        // The overlay has the template's size; the guest
+                        // grows its filesystem to the disk at init.
+                        if let Err(e) = disk::grow_qcow2(&ws.disk_of(&rec), u64::from(rec.spec.disk_mb)).await {
+                            tracing::warn!(workspace = %ws.id, "growing the disk for a cold boot: {e}");
+                        }
+                    }
                 }
                 self.boot(ws, kernel, token, true).await;
             }
@@ -1144,6 +1151,7 @@ pub(crate) fn init_request(rec: &Record, id: &str, node_id: &str, regenerate: bo
         env: Some(rec.spec.env.clone()),
         authorized_keys: Some(rec.spec.authorized_keys.clone()),
         metadata: Some(meta),
+        root_disk_bytes: Some(u64::from(rec.spec.disk_mb) << 20),
     }
 }
 

@@ -532,6 +532,11 @@ impl Node {
         rec.vm = Some(vm.clone());
         ws.persist(rec).await?;
         let result = async {
+            if rec.spec.disk_mb > meta.disk_mb {
+                // A warm template restored for a larger disk: grow it now;
+                // the init below makes the guest grow its filesystem.
+                self.inner.vmm.grow_disk(&cfg, &vm, u64::from(rec.spec.disk_mb) << 20).await?;
+            }
             let guest = ws.guest();
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {

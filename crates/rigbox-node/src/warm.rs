@@ -54,7 +54,9 @@ impl Node {
         let id = self.warm_id(&spec.template, spec.ram_mb, spec.vcpus).ok()?;
         let dir = self.snapshot_dir(&id).ok()?;
         let meta: SnapshotMeta = serde_json::from_slice(&tokio::fs::read(dir.join("meta.json")).await.ok()?).ok()?;
-        (meta.disk_mb == spec.disk_mb && meta.backend == self.inner.vmm.kind().to_string()).then_some((meta, dir))
+        // A larger disk is grown after the restore (the guest grows its
+        // filesystem online); memory and vCPUs must match the snapshot.
+        (meta.disk_mb <= spec.disk_mb && meta.backend == self.inner.vmm.kind().to_string()).then_some((meta, dir))
     }
 
     /// Starts building a warm snapshot (or reports the existing one).

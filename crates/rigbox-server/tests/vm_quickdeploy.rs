@@ -123,16 +123,21 @@ async fn vm_quick_deploy_from_a_warm_template_gets_fresh_identities() {
     .await
     .unwrap();
     let mut seen = Vec::new();
-    for name in ["warm-a", "warm-b"] {
+    // The second asks for a larger disk than the snapshot's: it is still
+    // restored, then its disk and filesystem grow while it runs.
+    for (name, disk_mb) in [("warm-a", 3072), ("warm-b", 4096)] {
         let t0 = std::time::Instant::now();
-        let r = post(&c, "/quick-deploy", json!({"template_id": "base", "name": name, "ram_mb": 512, "wait": true})).await;
+        let r = post(&c, "/quick-deploy", json!({"template_id": "base", "name": name, "ram_mb": 512, "disk_size_mb": disk_mb, "wait": true})).await;
         eprintln!("quick deploy {name} from the warm template: {:?}", t0.elapsed());
         let id = r["workspace"]["id"].as_str().unwrap().to_string();
         let rec: Value = serde_json::from_slice(&std::fs::read(t.dir.path().join("node/workspaces").join(&id).join("record.json")).unwrap()).unwrap();
         assert!(rec["backing_snapshot"].as_str().unwrap_or("").starts_with("tpl-base-"), "restored from the warm snapshot: {rec}");
-        let out = sh(&c, &id, "hostname; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /etc/ssh/ssh_host_ed25519_key.pub; date +%s").await;
+        let out = sh(&c, &id, "hostname; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /etc/ssh/ssh_host_ed25519_key.pub; date +%s; df -m --output=size / | tail -1").await;
         let lines: Vec<String> = out.lines().map(str::to_string).collect();
         assert_eq!(lines[0], name);
+        let fs_mb: i64 = lines[4].trim().parse().unwrap();
+        // ext4's own overhead keeps `df` a few percent under the disk.
+        assert!(fs_mb > disk_mb * 9 / 10 && fs_mb <= disk_mb, "root filesystem of {fs_mb} MiB on a {disk_mb} MiB disk");
         let skew = lines[3].parse::<i64>().unwrap() - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         assert!(skew.abs() <= 2, "clock corrected ({skew}s)");
         seen.push(lines);

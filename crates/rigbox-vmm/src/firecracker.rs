@@ -437,6 +437,21 @@ impl Vmm for FirecrackerVmm {
         Ok(vm)
     }
 
+    async fn grow_disk(&self, cfg: &VmConfig, vm: &VmProcess, bytes: u64) -> Result<(), VmmError> {
+        let api = self.api(cfg, vm)?;
+        let disk = absolute(&cfg.disk)?;
+        let len = tokio::fs::metadata(&disk).await.map_err(io_err("reading the disk's size"))?.len();
+        if bytes < len {
+            return Err(VmmError::Refused { backend: BackendKind::Firecracker, request: "grow_disk".into(), message: format!("the disk is already {len} bytes") });
+        }
+        let f = tokio::fs::OpenOptions::new().write(true).open(&disk).await.map_err(io_err("opening the disk"))?;
+        f.set_len(bytes).await.map_err(io_err("growing the disk"))?;
+        // Re-reading the drive's path makes Firecracker pick up the new size
+        // and notify the guest.
+        let body = json!({ "drive_id": ROOT_DRIVE, "path_on_host": DISK_LINK });
+        api.call(Method::PATCH, "/drives/rootfs", Some(&body), CALL_TIMEOUT).await.map(|_| ())
+    }
+
     async fn pause(&self, cfg: &VmConfig, vm: &VmProcess) -> Result<(), VmmError> {
         self.set_state(cfg, vm, "Paused").await
     }

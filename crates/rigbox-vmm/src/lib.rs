@@ -266,6 +266,10 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     /// `cfg.disk` as its disk) and leaves it running.
     async fn restore(&self, cfg: &VmConfig, files: &SnapshotFiles) -> Result<VmProcess, VmmError>;
 
+    /// Grows the running VM's root disk to `bytes` and tells the guest (a
+    /// virtio configuration change); the guest then grows its filesystem.
+    async fn grow_disk(&self, cfg: &VmConfig, vm: &VmProcess, bytes: u64) -> Result<(), VmmError>;
+
     /// Kills the VM process and waits until it is gone.
     async fn kill(&self, cfg: &VmConfig, vm: &VmProcess) -> Result<(), VmmError> {
         process::kill_and_wait(vm, std::time::Duration::from_secs(10)).await.map_err(|_| {

@@ -145,6 +145,12 @@ impl Vmm for QemuVmm {
         self.spawn(cfg, None).await
     }
 
+    async fn grow_disk(&self, cfg: &VmConfig, vm: &VmProcess, bytes: u64) -> Result<(), VmmError> {
+        // Grows the image (raw file or qcow2 virtual size) and raises the
+        // virtio-blk configuration interrupt.
+        self.qmp(cfg, vm).await?.execute("block_resize", Some(json!({ "device": "root", "size": bytes }))).await.map(|_| ())
+    }
+
     async fn pause(&self, cfg: &VmConfig, vm: &VmProcess) -> Result<(), VmmError> {
         self.qmp(cfg, vm).await?.execute("stop", None).await.map(|_| ())
     }

@@ -210,6 +210,10 @@ async fn lifecycle(vmm: &FirecrackerVmm, host: &Host, tag: &str) {
     assert_placed(&vm, &slot1);
     assert_eq!(vmm.instance_state(&cfg1, &vm).await.unwrap(), "Running");
     assert_vsock(vmm, &cfg1);
+    // A running VM's disk grows (the guest is told through the drive update).
+    vmm.grow_disk(&cfg1, &vm, 96 << 20).await.unwrap();
+    assert_eq!(std::fs::metadata(&disk1).unwrap().len(), 96 << 20);
+    assert!(matches!(vmm.grow_disk(&cfg1, &vm, 32 << 20).await, Err(VmmError::Refused { .. })), "a disk never shrinks");
     assert!(
         find_vm_processes().contains(&(vm.pid, id1.clone())),
         "find_vm_processes() does not list pid {} as {id1}",
