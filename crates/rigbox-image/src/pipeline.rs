@@ -108,6 +108,40 @@ struct KernelManifest {
     fragment_hash: String,
 }
 
+/// How many artifacts of each kind no current recipe uses stay cached.
+const KEEP_OLD: usize = 2;
+
+/// What [`Pipeline::prune`] removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PruneReport {
+    /// Files and directories removed.
+    pub removed: usize,
+    /// Disk space freed (allocated blocks, so sparse images count as stored).
+    pub freed_bytes: u64,
+}
+
+impl PruneReport {
+    fn add(&mut self, p: &Path) {
+        let bytes = allocated(p);
+        let gone = if p.is_dir() { fs::remove_dir_all(p) } else { fs::remove_file(p) };
+        if gone.is_ok() {
+            self.removed += 1;
+            self.freed_bytes += bytes;
+        }
+    }
+}
+
+/// Allocated bytes under `p` (files' blocks, not their apparent sizes).
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = fs::symlink_metadata(p) else { return 0 };
+    if m.is_dir() {
+        fs::read_dir(p).into_iter().flatten().flatten().map(|e| allocated(&e.path())).sum::<u64>() + m.blocks() * 512
+    } else {
+        m.blocks() * 512
+    }
+}
+
 /// The image cache directory.
 #[derive(Debug, Clone)]
 pub struct ImageCache {
@@ -318,7 +352,77 @@ impl Pipeline {
             });
         }
         let _ = fs::remove_dir_all(self.cache.tmp());
+        // Old recipes' artifacts pile up (every agent build is a new image
+        // key): keep a few for switching back, drop the rest.
+        match self.prune_locked(&agent_sha, KEEP_OLD) {
+            Ok(r) if r.removed > 0 => self.progress.step("cache").done(&format!("pruned {} old artifacts ({} MiB)", r.removed, r.freed_bytes >> 20)),
+            Ok(_) => {}
+            Err(e) => self.progress.step("cache").done(&format!("pruning failed: {e}")),
+        }
         Ok(out)
+    }
+
+    /// Removes cached artifacts that the current recipes (and guest agent)
+    /// do not use, keeping the `keep` newest others of each kind (per
+    /// template for images), and leftovers of interrupted builds.
+    pub fn prune(&self, keep: usize) -> Result<PruneReport, ImageError> {
+        let agent_sha = self.agent_sha()?;
+        let _lock = self.cache.lock()?;
+        let _ = fs::remove_dir_all(self.cache.tmp());
+        self.prune_locked(&agent_sha, keep)
+    }
+
+    fn prune_locked(&self, agent_sha: &str, keep: usize) -> Result<PruneReport, ImageError> {
+        let mut current: std::collections::HashSet<String> = std::collections::HashSet::new();
+        current.insert(self.recipes.rootfs_key()?);
+        if let Some(v) = linux_source_version() {
+            current.insert(self.recipes.kernel_key(&v)?);
+        } else if let Ok(k) = self.resolve_kernel() {
+            // No linux-source here: the kernel in use is the newest matching one.
+            if let Some(name) = k.parent().and_then(Path::file_name) {
+                current.insert(name.to_string_lossy().into_owned());
+            }
+        }
+        for t in self.recipes.templates() {
+            current.insert(self.recipes.template_key(&t.id)?);
+            current.insert(format!("{}-{}", t.id, self.recipes.image_key(&t.id, agent_sha)?));
+        }
+        let mut report = PruneReport::default();
+        // (group, mtime, path, files to remove with it)
+        let mut old: std::collections::BTreeMap<String, Vec<(std::time::SystemTime, Vec<PathBuf>)>> = Default::default();
+        let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+        for kind in ["kernel", "trees"] {
+            for e in fs::read_dir(self.cache.root.join(kind)).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !current.contains(&name) {
+                    old.entry(kind.to_string()).or_default().push((mtime(&e.path()), vec![e.path()]));
+                }
+            }
+        }
+        for e in fs::read_dir(self.cache.root.join("images")).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                // We hold the lock: no build is writing it.
+                report.add(&e.path());
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".ext4") else { continue };
+            if current.contains(stem) {
+                continue;
+            }
+            let template = stem.rsplit_once('-').map(|(t, _)| t).unwrap_or(stem);
+            let files = vec![e.path(), e.path().with_extension("json")];
+            old.entry(format!("image {template}")).or_default().push((mtime(&e.path()), files));
+        }
+        for (_, mut entries) in old {
+            entries.sort_by(|a, b| b.0.cmp(&a.0));
+            for (_, files) in entries.into_iter().skip(keep) {
+                for f in files {
+                    report.add(&f);
+                }
+            }
+        }
+        Ok(report)
     }
 
     fn needs_layer(&self, t: &str) -> bool {
@@ -713,6 +817,50 @@ mod tests {
         let frag = "CONFIG_A=y\nCONFIG_B=y\n# c\nCONFIG_C=n\n";
         let cfg = "CONFIG_A=y\n# CONFIG_B is not set\n";
         assert_eq!(missing_options(frag, cfg), vec!["CONFIG_B".to_string()]);
+    }
+
+    #[test]
+    fn prune_keeps_current_and_newest_old_artifacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"agent").unwrap();
+        let cache = ImageCache::new(dir.path().join("cache"));
+        let p = Pipeline::new(cache.clone(), RecipeSet::embedded().unwrap(), agent).with_progress(Progress::quiet());
+        let sha = p.agent_sha().unwrap();
+        let images = cache.root().join("images");
+        fs::create_dir_all(&images).unwrap();
+        let current = cache.image_path("base", &p.recipes.image_key("base", &sha).unwrap());
+        fs::write(&current, b"current").unwrap();
+        let t0 = std::time::SystemTime::now();
+        let mut olds = Vec::new();
+        for i in 0..4u64 {
+            let f = images.join(format!("base-old{i}.ext4"));
+            fs::write(&f, vec![1u8; 8192]).unwrap();
+            fs::write(f.with_extension("json"), b"{}").unwrap();
+            // old0 is the oldest.
+            let t = t0 - std::time::Duration::from_secs(100 - i * 10);
+            fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+            olds.push(f);
+        }
+        fs::write(images.join("dev-x.ext4.tmp"), b"half").unwrap();
+        let stale_tree = cache.tree_dir("oldtree");
+        fs::create_dir_all(&stale_tree).unwrap();
+        let current_tree = cache.tree_dir(&p.recipes.rootfs_key().unwrap());
+        fs::create_dir_all(&current_tree).unwrap();
+
+        let r = p.prune(1).unwrap();
+        assert!(current.exists(), "the current image stays");
+        assert!(olds[3].exists(), "the newest old image stays");
+        for f in &olds[..3] {
+            assert!(!f.exists() && !f.with_extension("json").exists(), "{} pruned", f.display());
+        }
+        assert!(!images.join("dev-x.ext4.tmp").exists(), "leftovers go");
+        assert!(current_tree.exists() && stale_tree.exists(), "one old tree is kept");
+        assert_eq!(r.removed, 3 * 2 + 1);
+        assert!(r.freed_bytes >= 3 * 8192);
+        p.prune(0).unwrap();
+        assert!(current.exists() && current_tree.exists());
+        assert!(!olds[3].exists() && !stale_tree.exists());
     }
 
     #[test]

@@ -63,6 +63,13 @@ enum ImageCmd {
     },
     /// List templates and whether their image is built.
     Ls,
+    /// Remove cached kernels, trees and images that the current recipes and
+    /// guest agent do not use (builds keep the two newest of each kind).
+    Prune {
+        /// How many unused artifacts of each kind to keep (newest first).
+        #[arg(long, default_value_t = 0)]
+        keep: usize,
+    },
 }
 
 fn init_tracing() {
@@ -121,6 +128,11 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => println!("{}\tmissing\t{e}", t.id),
                 }
             }
+        }
+        Cmd::Image { cmd: ImageCmd::Prune { keep } } => {
+            let p = rigbox_server::pipeline(&settings, Progress::quiet())?;
+            let r = tokio::task::spawn_blocking(move || p.prune(keep)).await.context("pruning")??;
+            println!("removed {} artifacts, freed {} MiB", r.removed, r.freed_bytes >> 20);
         }
         Cmd::Bench { sections, json } => {
             let report = rigbox_bench::run(&settings, &sections).await?;
