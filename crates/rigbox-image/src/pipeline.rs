@@ -415,7 +415,7 @@ impl Pipeline {
             old.entry(format!("image {template}")).or_default().push((mtime(&e.path()), files));
         }
         for (_, mut entries) in old {
-            entries.sort_by(|a, b| b.0.cmp(&a.0));
+            entries.sort_by_key(|e| std::cmp::Reverse(e.0));
             for (_, files) in entries.into_iter().skip(keep) {
                 for f in files {
                     report.add(&f);
