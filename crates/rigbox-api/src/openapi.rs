@@ -151,7 +151,33 @@ pub const OPERATIONS: &[Op] = &[
     Op("get", "/users/me/ai-usage", "get_ai_usage", "AI", None, 200, None),
     Op("get", "/workspaces/{id}/ai-config", "get_workspace_ai_config", "AI", None, 200, None),
     Op("put", "/workspaces/{id}/ai-config", "update_workspace_ai_config", "AI", None, 200, None),
+    Op("get", "/users/me/ai-ledger", "get_ai_ledger", "AI", None, 200, None),
+    Op("put", "/users/me/ai-mode", "update_ai_mode", "AI", None, 200, None),
+    Op("get", "/users/me/ai-defaults", "get_user_ai_defaults", "AI", None, 200, None),
+    Op("put", "/users/me/ai-defaults", "update_user_ai_defaults", "AI", None, 200, None),
+    Op("get", "/users/me/ai-usage/metrics", "get_account_ai_usage_metrics", "AI", None, 200, None),
+    Op("get", "/users/me/ai-usage/metrics/summary", "get_account_ai_usage_metrics_summary", "AI", None, 200, None),
+    Op("get", "/workspaces/{id}/ai-usage/metrics", "get_workspace_ai_usage_metrics", "Workspaces", None, 200, None),
+    Op("get", "/workspaces/{id}/ai-usage/metrics/summary", "get_workspace_ai_usage_metrics_summary", "Workspaces", None, 200, None),
+    Op("get", "/workspaces/{id}/mode", "get_workspace_ai_mode", "AI", None, 200, None),
+    Op("put", "/workspaces/{id}/mode", "update_workspace_ai_mode", "AI", None, 200, None),
+    Op("get", "/admin/users/{id}/credits", "admin_get_credits", "Admin", None, 200, None),
+    Op("post", "/admin/users/{id}/credits", "admin_grant_credits", "Admin", None, 200, None),
+    Op("get", "/admin/ai/providers", "admin_list_ai_providers", "Admin", None, 200, None),
+    Op("put", "/admin/ai/providers/{provider}", "admin_set_ai_provider", "Admin", None, 200, None),
+    Op("get", "/admin/ai/prices", "admin_get_ai_prices", "Admin", None, 200, None),
+    Op("put", "/admin/ai/prices", "admin_set_ai_prices", "Admin", None, 200, None),
+    Op("get", "/admin/ai/holds", "admin_list_ai_holds", "Admin", None, 200, None),
+    Op("post", "/admin/ai/holds/{id}/settle", "admin_settle_ai_hold", "Admin", None, 200, None),
+    Op("post", "/admin/ai/holds/{id}/release", "admin_release_ai_hold", "Admin", None, 200, None),
+    Op("get", "/apps/{id}/health/history", "get_app_health_history", "Apps", None, 200, None),
+    Op("get", "/workspaces/{id}/services/{name}/logs", "get_service_logs", "Workspace Services", None, 200, None),
 ];
+
+/// Routes outside `/api/v1` that [`OPERATIONS`] does not list: the node
+/// agents' channel to the control plane, and the server's root routes.
+#[cfg(test)]
+const UNLISTED_ROUTES: &[&str] = &["/ai/proxy", "/ai/workspaces/{id}/env", "/api-docs/openapi.json", "/healthz", "/metrics"];
 
 fn schema_ref(name: Option<&str>) -> Value {
     match name {
@@ -231,5 +257,69 @@ mod tests {
             }
         }
         assert!(shared >= 50, "only {shared} operations shared with the reference");
+    }
+
+    /// `{anything}` path parameters compare equal.
+    fn shape(path: &str) -> String {
+        path.split('/').map(|seg| if seg.starts_with('{') { "{}" } else { seg }).collect::<Vec<_>>().join("/")
+    }
+
+    /// Every `.route(...)` in this crate's sources is in [`OPERATIONS`], so the
+    /// served document lists every route the API serves.
+    #[test]
+    fn every_route_in_the_code_is_documented() {
+        let sources = [
+            include_str!("ai.rs"),
+            include_str!("apps.rs"),
+            include_str!("automation.rs"),
+            include_str!("keys.rs"),
+            include_str!("misc.rs"),
+            include_str!("observe.rs"),
+            include_str!("snapshots.rs"),
+            include_str!("ssh.rs"),
+            include_str!("tools.rs"),
+            include_str!("workspaces.rs"),
+            include_str!("exec.rs"),
+            include_str!("lib.rs"),
+        ];
+        let documented: std::collections::HashSet<(String, String)> =
+            OPERATIONS.iter().map(|Op(m, p, ..)| (m.to_string(), shape(p))).collect();
+        let mut missing = Vec::new();
+        let mut seen = 0;
+        for src in sources {
+            let mut rest = src;
+            while let Some(i) = rest.find(".route(\"") {
+                rest = &rest[i + 8..];
+                let Some(end) = rest.find('"') else { break };
+                let path = &rest[..end];
+                // The handler expression: up to the parenthesis closing `.route(`.
+                let (mut depth, mut j) = (1, end);
+                for (k, c) in rest[end..].char_indices() {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        j = end + k;
+                        break;
+                    }
+                }
+                let handlers = &rest[end..j];
+                for m in ["get", "post", "put", "patch", "delete"] {
+                    let called = handlers.match_indices(&format!("{m}(")).any(|(at, _)| {
+                        at == 0 || !handlers[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                    });
+                    if called && !UNLISTED_ROUTES.contains(&path) {
+                        seen += 1;
+                        if !documented.contains(&(m.to_string(), shape(path))) {
+                            missing.push(format!("{m} {path}"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen >= 100, "found only {seen} routes: is the scan broken?");
+        assert!(missing.is_empty(), "routes missing from OPERATIONS: {missing:?}");
     }
 }
