@@ -221,6 +221,7 @@ pub async fn create_workspace(st: &AppState, auth: &Auth, n: NewWorkspace) -> Ap
         authorized_keys: crate::ssh::authorized_keys_of(st, &auth.user.id).await,
         metadata: serde_json::json!({ "name": n.name, "user_id": auth.user.id, "created_at": now }),
         setup,
+        cold_boot: false,
     };
     if let Err(e) = client.create(&row.id, &spec).await {
         let _ = st.store().delete_workspace(&row.id).await;

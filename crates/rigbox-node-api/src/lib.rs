@@ -110,6 +110,10 @@ pub struct CreateWorkspace {
     /// Setup scripts and services run after each start.
     #[serde(default)]
     pub setup: rigbox_guest_proto::SetupPlan,
+    /// Always boot from the template image, even when a warm template
+    /// snapshot matches (benchmarks of the boot path, debugging).
+    #[serde(default)]
+    pub cold_boot: bool,
 }
 
 /// `PUT /v1/workspaces/{id}/resources`.

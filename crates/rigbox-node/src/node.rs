@@ -395,7 +395,7 @@ impl Node {
     /// the template image), records it as `provisioned`. Nothing is left
     /// behind on failure.
     pub async fn create(&self, id: &str, spec: CreateWorkspace) -> Result<WorkspaceStatus, NodeError> {
-        if valid_id(id) && self.inner.vmm.kind() == BackendKind::Qemu {
+        if valid_id(id) && !spec.cold_boot && self.inner.vmm.kind() == BackendKind::Qemu {
             if let Some((meta, dir)) = self.find_warm(&spec).await {
                 match self.create_warm(id, spec.clone(), &meta, &dir).await {
                     Ok(s) => return Ok(s),

@@ -119,6 +119,7 @@ impl Node {
             authorized_keys: vec![],
             metadata: serde_json::json!({}),
             setup: Default::default(),
+            cold_boot: false,
         };
         let _ = self.delete(&ws_id).await;
         self.create_cold(&ws_id, spec).await?;

@@ -21,6 +21,7 @@ fn spec(hostname: &str) -> CreateWorkspace {
         authorized_keys: vec![],
         metadata: serde_json::json!({"name": hostname}),
         setup: Default::default(),
+        cold_boot: false,
     }
 }
 

@@ -34,6 +34,7 @@ fn spec(h: &str) -> CreateWorkspace {
         authorized_keys: vec![],
         metadata: serde_json::json!({}),
         setup: Default::default(),
+        cold_boot: false,
     }
 }
 

@@ -64,6 +64,38 @@ use std::time::Duration;
 pub use russh;
 pub use session::ConnectionHandler;
 
+/// OpenSSH client options for unattended use against the gateway (tests,
+/// benchmarks, scripts): no config file, no agent, no known_hosts, only the
+/// given key, never a prompt.
+pub fn batch_client_options(key: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=60",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push("-i".into());
+    v.push(key.display().to_string());
+    v
+}
+
 /// Failures of the directory (storage down, node unknown...).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

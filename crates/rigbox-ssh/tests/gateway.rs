@@ -57,10 +57,7 @@ async fn ssh(port: u16, key: &Path, user: &str, extra: &[&str]) -> (i32, String,
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new("ssh")
-            .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
-            .arg("-i")
-            .arg(key)
+            .args(rigbox_ssh::batch_client_options(key))
             .args(["-p", &port.to_string(), &format!("{user}@127.0.0.1")])
             .args(extra)
             .stdin(std::process::Stdio::null())

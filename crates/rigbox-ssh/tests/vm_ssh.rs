@@ -14,35 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// OpenSSH options that make the client deterministic: no config, no agent,
-/// no known_hosts, only the given key, never a prompt.
 fn opts(key: &Path) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=60",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push("-i".into());
-    v.push(key.display().to_string());
-    v
+    rigbox_ssh::batch_client_options(key)
 }
 
 struct Gw {

@@ -78,6 +78,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<Section> {
             authorized_keys: vec![],
             metadata: serde_json::json!({}),
             setup: Default::default(),
+            cold_boot: false,
         },
     )
     .await?;

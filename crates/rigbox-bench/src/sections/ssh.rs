@@ -20,32 +20,7 @@ const RUNS: usize = 5;
 const FILE_MB: usize = 100;
 
 fn opts(key: &Path) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=60",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push("-i".into());
-    v.push(key.display().to_string());
-    v
+    rigbox_ssh::batch_client_options(key)
 }
 
 /// How to reach the workspace: through the gateway, or directly inside the slot.

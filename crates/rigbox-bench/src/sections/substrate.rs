@@ -22,6 +22,7 @@ async fn platform_boot(node: &NodeClient, i: usize) -> anyhow::Result<f64> {
         authorized_keys: vec![],
         metadata: serde_json::json!({}),
         setup: Default::default(),
+        cold_boot: true,
     };
     node.create(&id, &spec).await?;
     let t0 = Instant::now();
@@ -118,7 +119,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<Section> {
     rows.push(Row::new("  all raw runs", raw.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ") + " ms"));
     let (probe, _) = rigbox_server::probe(&env.settings);
     let mut notes = vec![
-        "platform: node API start request until the node reports running (guest agent answered and identity pushed)".into(),
+        "platform: node API start request until the node reports running (guest agent answered and identity pushed); a cold boot from the image (`cold_boot`, warm templates bypassed)".into(),
         "baseline: the same kernel, disk image and QEMU command line run by hand in a fresh namespace, until the agent port answers".into(),
     ];
     if probe.firecracker.is_some() && !probe.hardware_kvm(env.settings.pvm_guest_kernel) {
