@@ -81,6 +81,12 @@ impl FakeProvider {
         let addr = l.local_addr()?;
         let st = St::default();
         let app = axum::Router::new().fallback(handle).with_state(st.clone());
+        // Like real providers' front ends, stream events leave at once: with
+        // Nagle on, a pooled (keep-alive) client's delayed ACKs would hold
+        // every event after the first for up to 40 ms.
+        let l = axum::serve::ListenerExt::tap_io(l, |t| {
+            let _ = t.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(l, app).await;
         });

@@ -28,6 +28,10 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL: a commit does not wait for fsync (the WAL is
+            // synced at checkpoints); a crash of the process loses nothing,
+            // a power cut can lose the last commits, never consistency.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
