@@ -362,6 +362,10 @@ print(json.dumps(out))
         + cost("claude", u("claude", 1), u("claude", 2))
         + cost("claude", u("claude_stream", 1), u("claude_stream", 2));
     let after = wallet().await;
+    if before.available_micro() - after.available_micro() != expected {
+        let ledger: Value = alice.get("/users/me/ai-ledger?limit=12").await.unwrap();
+        eprintln!("ledger: {ledger:#}");
+    }
     assert_eq!(before.available_micro() - after.available_micro(), expected, "SDK calls charged exactly");
     assert_eq!(after.held_micro, 0);
 

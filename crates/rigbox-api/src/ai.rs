@@ -934,9 +934,16 @@ impl IntoResponse for ProxyError {
 }
 
 async fn proxy(State(st): State<AppState>, req: Request) -> Response {
-    match proxy_inner(st, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    // The call runs in its own task: when the guest hangs up, hyper drops
+    // this handler, but a reservation already made must still be settled
+    // or released, never left held.
+    match tokio::spawn(proxy_inner(st, req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => {
+            tracing::error!("AI proxy task failed: {e}");
+            ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the AI proxy failed").into_response()
+        }
     }
 }
 
@@ -1301,28 +1308,35 @@ struct Tracker {
 impl Tracker {
     /// The stream ended: settle, and return the SSE cost comment.
     async fn finish_clean(&mut self) -> Option<Vec<u8>> {
-        let call = self.call.take()?;
-        match self.meter.final_usage() {
-            Some(u) => {
-                let cost = call.settle(&u, self.status).await;
-                Some(wire::cost_comment(&call.req.id, cost, &u)).filter(|_| self.sse())
-            }
-            None => {
-                call.broken(self.meter.usage_so_far(), "the stream ended without a usage report").await;
-                None
-            }
-        }
+        let sse = self.sse();
+        let comment = self.finish("the stream ended without a usage report".into()).await?;
+        comment.filter(|_| sse)
     }
 
     async fn finish_broken(&mut self, why: &str) {
-        if let Some(call) = self.call.take() {
-            match self.meter.final_usage() {
+        self.finish(why.into()).await;
+    }
+
+    /// Settles from the final usage, or marks the hold broken, exactly once.
+    /// The work runs in its own task: the guest may hang up meanwhile (which
+    /// drops the body and this future), and the ledger must not be left
+    /// half-done. Returns the SSE cost comment when there was a settlement.
+    async fn finish(&mut self, why: String) -> Option<Option<Vec<u8>>> {
+        let call = self.call.take()?;
+        let (usage, partial, status) = (self.meter.final_usage(), self.meter.usage_so_far(), self.status);
+        let task = tokio::spawn(async move {
+            match usage {
                 Some(u) => {
-                    call.settle(&u, self.status).await;
+                    let cost = call.settle(&u, status).await;
+                    Some(wire::cost_comment(&call.req.id, cost, &u))
                 }
-                None => call.broken(self.meter.usage_so_far(), why).await,
+                None => {
+                    call.broken(partial, &why).await;
+                    None
+                }
             }
-        }
+        });
+        task.await.ok()
     }
 
     fn sse(&self) -> bool {
