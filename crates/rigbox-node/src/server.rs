@@ -81,6 +81,11 @@ pub async fn serve(
     token: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Tunnels (edge, SSH), sessions and streams carry small writes: send
+    // them at once instead of waiting on the peer's delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |t| {
+        let _ = t.set_nodelay(true);
+    });
     axum::serve(listener, router(node, token)).with_graceful_shutdown(shutdown).await
 }
 
