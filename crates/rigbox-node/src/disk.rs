@@ -67,6 +67,49 @@ async fn grow_fs(path: &Path, size_mb: u64, check: bool) -> Result<(), NodeError
     }
 }
 
+/// Pins the template image `image` as a read-only base in `bases` (a hard
+/// link when the image cache is on the same filesystem, else one copy), so
+/// that pruning the image cache never pulls a disk's backing file away.
+/// Returns the base's path. Idempotent; concurrent callers are safe (the
+/// base appears under its final name atomically).
+pub async fn pin_base(image: &Path, bases: &Path, name: &str) -> Result<std::path::PathBuf, NodeError> {
+    let base = bases.join(name);
+    if tokio::fs::try_exists(&base).await.unwrap_or(false) {
+        return Ok(base);
+    }
+    tokio::fs::create_dir_all(bases).await.map_err(io("creating the bases dir"))?;
+    let tmp = bases.join(format!(".{name}.{}", rand::random::<u32>()));
+    if tokio::fs::hard_link(image, &tmp).await.is_err() {
+        run(Command::new("cp").arg("--sparse=always").arg(image).arg(&tmp), "cp", &[0]).await?;
+    }
+    let r = tokio::fs::rename(&tmp, &base).await.map_err(io("installing the base"));
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    r.map(|_| base)
+}
+
+/// Creates `dest`, a qcow2 disk of `size_mb` over the raw `base` (copy on
+/// write: the disk holds only what the guest changes). The guest grows its
+/// filesystem to the disk at its first boot.
+pub async fn create_overlay(base: &Path, dest: &Path, size_mb: u64) -> Result<(), NodeError> {
+    let tmp = dest.with_extension("creating");
+    let r = async {
+        run(
+            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(&tmp).arg(format!("{size_mb}M")),
+            "qemu-img create",
+            &[0],
+        )
+        .await?;
+        tokio::fs::rename(&tmp, dest).await.map_err(io("installing the disk"))
+    }
+    .await;
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    r
+}
+
 /// Grows the virtual size of a qcow2 overlay to `size_mb` (the filesystem is
 /// grown by the guest when it boots); a no-op when it is already that large.
 pub async fn grow_qcow2(path: &Path, size_mb: u64) -> Result<(), NodeError> {

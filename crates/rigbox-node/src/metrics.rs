@@ -1158,6 +1158,7 @@ mod tests {
                 disk_format: Default::default(),
                 backing_snapshot: None,
                 warm_snapshot: None,
+                backing_base: None,
             }),
             boot: std::sync::Mutex::new(None),
         });

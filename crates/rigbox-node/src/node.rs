@@ -6,7 +6,10 @@
 //! ```text
 //! node.json                     node id
 //! workspaces/<id>/record.json   the workspace record (spec, state, VM process)
-//! workspaces/<id>/disk.raw      root disk
+//! workspaces/<id>/disk.qcow2    root disk on QEMU: copy-on-write over a base
+//!                               or a snapshot's disk (`disk.raw`: a private
+//!                               raw disk, on Firecracker or after a resize)
+//! bases/<template>-<key>.ext4   pinned template images the overlays are on
 //! workspaces/<id>/console.log   serial console
 //! workspaces/<id>/run/          VMM sockets and pid file
 //! workspaces/<id>/.creating     present while the workspace is being created
@@ -88,6 +91,10 @@ pub struct Record {
     /// A warm template snapshot the first start restores instead of booting.
     #[serde(default)]
     pub warm_snapshot: Option<String>,
+    /// The pinned template image (in `bases/`) under this workspace's qcow2
+    /// disk, if any (kept while a record names it).
+    #[serde(default)]
+    pub backing_base: Option<String>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -311,6 +318,30 @@ impl Node {
         &self.inner.images
     }
 
+    /// Pinned template images that workspaces' qcow2 disks are built on.
+    pub(crate) fn bases_root(&self) -> PathBuf {
+        self.inner.cfg.data_dir.join("bases")
+    }
+
+    /// Removes pinned bases that no workspace record names (at startup,
+    /// before any create can pin one).
+    async fn gc_bases(&self, records: &[Arc<Ws>]) {
+        let mut used = std::collections::HashSet::new();
+        for ws in records {
+            if let Some(b) = ws.rec.lock().await.backing_base.clone() {
+                used.insert(b);
+            }
+        }
+        let Ok(mut rd) = tokio::fs::read_dir(self.bases_root()).await else { return };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !used.contains(&name) {
+                tracing::info!(base = %name, "removing an unused base image");
+                let _ = tokio::fs::remove_file(e.path()).await;
+            }
+        }
+    }
+
     pub(crate) fn ws_root(&self) -> PathBuf {
         self.inner.cfg.data_dir.join("workspaces")
     }
@@ -469,8 +500,20 @@ impl Node {
         // Reserve the id before any slow work.
         let dir = self.reserve(id)?;
         let made = async {
-            disk::create_from_image(&image.rootfs, &dir.join("disk.raw"), u64::from(spec.disk_mb)).await?;
-            Ok(self.new_record(id, spec, WorkspaceState::Provisioned, DiskFormat::Raw))
+            if self.inner.vmm.kind() == BackendKind::Qemu {
+                // A copy-on-write disk over the pinned image: instant, and
+                // only what the guest writes takes space.
+                let name = format!("{}-{}.ext4", spec.template, image.key);
+                let base = disk::pin_base(&image.rootfs, &self.bases_root(), &name).await?;
+                disk::create_overlay(&base, &dir.join("disk.qcow2"), u64::from(spec.disk_mb)).await?;
+                let mut rec = self.new_record(id, spec, WorkspaceState::Provisioned, DiskFormat::Qcow2);
+                rec.backing_base = Some(name);
+                Ok(rec)
+            } else {
+                // Firecracker takes raw disks only: a sparse private copy.
+                disk::create_from_image(&image.rootfs, &dir.join("disk.raw"), u64::from(spec.disk_mb)).await?;
+                Ok(self.new_record(id, spec, WorkspaceState::Provisioned, DiskFormat::Raw))
+            }
         }
         .await;
         let ws = self.commit(dir, made).await?;
@@ -535,6 +578,7 @@ impl Node {
             disk_format,
             backing_snapshot: None,
             warm_snapshot: None,
+            backing_base: None,
         }
     }
 
@@ -1047,6 +1091,7 @@ impl Node {
             }
         }
         self.reclaim_snapshots().await;
+        self.gc_bases(&loaded).await;
         for ws in loaded {
             self.adopt(&ws, kernel.as_deref()).await;
             let state = ws.rec.lock().await.state;

@@ -202,10 +202,10 @@ async fn vm_boot_failures_are_reported_not_stuck() {
     // A disk without a filesystem: the kernel cannot mount root and the VM exits.
     let id = "ws-broken";
     c.create(id, &spec(id)).await.unwrap();
-    let disk = t.dir.path().join("node/workspaces").join(id).join("disk.raw");
-    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; 1 << 20], 0).unwrap();
-    drop(f);
+    // (Written through qemu-io: the disk is a qcow2 overlay on QEMU.)
+    let disk = t.dir.path().join("node/workspaces").join(id).join("disk.qcow2");
+    let out = std::process::Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -z 0 1M"]).arg(&disk).output().unwrap();
+    assert!(out.status.success(), "qemu-io: {}", String::from_utf8_lossy(&out.stderr));
     c.start(id).await.unwrap();
     let s = wait_state(&c, id, WorkspaceState::Failed).await;
     let f = s.failure.unwrap();
