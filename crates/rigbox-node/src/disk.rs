@@ -67,21 +67,25 @@ async fn grow_fs(path: &Path, size_mb: u64, check: bool) -> Result<(), NodeError
     }
 }
 
-/// Pins the template image `image` as a read-only base in `bases` (a hard
-/// link when the image cache is on the same filesystem, else one copy), so
-/// that pruning the image cache never pulls a disk's backing file away.
-/// Returns the base's path. Idempotent; concurrent callers are safe (the
-/// base appears under its final name atomically).
-pub async fn pin_base(image: &Path, bases: &Path, name: &str) -> Result<std::path::PathBuf, NodeError> {
+/// Makes (once) the read-only base for disks of `size_mb` from the template
+/// image `image`: a private sparse copy grown to `size_mb`, in `bases` under
+/// `name`. Workspaces of that template and size share it under their qcow2
+/// overlays, and pruning the image cache never pulls it away. Returns its
+/// path. Bases are made one at a time; each appears under its final name
+/// atomically.
+pub async fn base_for(image: &Path, bases: &Path, name: &str, size_mb: u64) -> Result<std::path::PathBuf, NodeError> {
+    static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let base = bases.join(name);
     if tokio::fs::try_exists(&base).await.unwrap_or(false) {
         return Ok(base);
     }
-    tokio::fs::create_dir_all(bases).await.map_err(io("creating the bases dir"))?;
-    let tmp = bases.join(format!(".{name}.{}", rand::random::<u32>()));
-    if tokio::fs::hard_link(image, &tmp).await.is_err() {
-        run(Command::new("cp").arg("--sparse=always").arg(image).arg(&tmp), "cp", &[0]).await?;
+    let _one = MAKING.lock().await;
+    if tokio::fs::try_exists(&base).await.unwrap_or(false) {
+        return Ok(base);
     }
+    tokio::fs::create_dir_all(bases).await.map_err(io("creating the bases dir"))?;
+    let tmp = bases.join(format!(".{name}.making"));
+    create_from_image(image, &tmp, size_mb).await?;
     let r = tokio::fs::rename(&tmp, &base).await.map_err(io("installing the base"));
     if r.is_err() {
         let _ = tokio::fs::remove_file(&tmp).await;
@@ -89,14 +93,13 @@ pub async fn pin_base(image: &Path, bases: &Path, name: &str) -> Result<std::pat
     r.map(|_| base)
 }
 
-/// Creates `dest`, a qcow2 disk of `size_mb` over the raw `base` (copy on
-/// write: the disk holds only what the guest changes). The guest grows its
-/// filesystem to the disk at its first boot.
-pub async fn create_overlay(base: &Path, dest: &Path, size_mb: u64) -> Result<(), NodeError> {
+/// Creates `dest`, a qcow2 disk over the raw `base`, of the base's size
+/// (copy on write: the disk holds only what the guest changes).
+pub async fn create_overlay(base: &Path, dest: &Path) -> Result<(), NodeError> {
     let tmp = dest.with_extension("creating");
     let r = async {
         run(
-            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(&tmp).arg(format!("{size_mb}M")),
+            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(&tmp),
             "qemu-img create",
             &[0],
         )

@@ -9,7 +9,8 @@
 //! workspaces/<id>/disk.qcow2    root disk on QEMU: copy-on-write over a base
 //!                               or a snapshot's disk (`disk.raw`: a private
 //!                               raw disk, on Firecracker or after a resize)
-//! bases/<template>-<key>.ext4   pinned template images the overlays are on
+//! bases/<tpl>-<key>-<mb>.ext4   template images grown to a disk size, shared
+//!                               read-only under the workspaces' overlays
 //! workspaces/<id>/console.log   serial console
 //! workspaces/<id>/run/          VMM sockets and pid file
 //! workspaces/<id>/.creating     present while the workspace is being created
@@ -501,11 +502,12 @@ impl Node {
         let dir = self.reserve(id)?;
         let made = async {
             if self.inner.vmm.kind() == BackendKind::Qemu {
-                // A copy-on-write disk over the pinned image: instant, and
-                // only what the guest writes takes space.
-                let name = format!("{}-{}.ext4", spec.template, image.key);
-                let base = disk::pin_base(&image.rootfs, &self.bases_root(), &name).await?;
-                disk::create_overlay(&base, &dir.join("disk.qcow2"), u64::from(spec.disk_mb)).await?;
+                // A copy-on-write disk over a base of this template and size
+                // (made once per size): instant, and only what the guest
+                // writes takes space.
+                let name = format!("{}-{}-{}.ext4", spec.template, image.key, spec.disk_mb);
+                let base = disk::base_for(&image.rootfs, &self.bases_root(), &name, u64::from(spec.disk_mb)).await?;
+                disk::create_overlay(&base, &dir.join("disk.qcow2")).await?;
                 let mut rec = self.new_record(id, spec, WorkspaceState::Provisioned, DiskFormat::Qcow2);
                 rec.backing_base = Some(name);
                 Ok(rec)
