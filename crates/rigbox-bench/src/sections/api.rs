@@ -99,7 +99,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<Section> {
         title: "control plane API".into(),
         rows,
         notes: vec![
-            "create includes placement and the node allocating the disk (sparse copy of the image, e2fsck, resize2fs)".into(),
+            "create includes placement and the node making the disk (on QEMU a qcow2 overlay over the template's base of that size; the first create of a size makes the base: a sparse copy of the image, resize2fs)".into(),
             "baseline of the last row: the node agent's own start-to-running time for the same boot; the difference is API, placement, disk allocation and the reconciler's 1 s polling".into(),
             "workspaces with the default template and sizes start from its warm snapshot once that is ready, as users' do (cold boots: substrate section)".into(),
         ],
