@@ -213,29 +213,17 @@ struct Ctx {
     ws_id: String,
 }
 
-/// Accepts guest connections until cancelled; then drops the listener and
-/// every open connection (so nothing keeps the namespace alive).
+/// Serves guest connections until cancelled (see [`crate::slotsrv`]).
 async fn serve(listener: tokio::net::TcpListener, ctx: Ctx, token: CancellationToken) {
     let app = Router::new().fallback(forward).with_state(ctx);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => break,
-            r = listener.accept() => {
-                let Ok((stream, _)) = r else { continue };
-                // Stream chunks go out as they come (no Nagle delay).
-                let _ = stream.set_nodelay(true);
-                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-                conns.spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+    crate::slotsrv::accept_until(listener, token, |stream| {
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc).await;
         }
-    }
-    drop(listener);
-    conns.shutdown().await;
+    })
+    .await
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

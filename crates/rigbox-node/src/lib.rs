@@ -17,6 +17,7 @@ pub mod node;
 pub mod pkgproxy;
 pub mod procstat;
 pub mod server;
+mod slotsrv;
 pub mod snapshot;
 pub mod warm;
 pub mod wsio;

@@ -100,24 +100,15 @@ struct Ctx {
 }
 
 async fn serve(listener: tokio::net::TcpListener, ctx: Ctx, token: CancellationToken) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => break,
-            r = listener.accept() => {
-                let Ok((stream, _)) = r else { continue };
-                let ctx = ctx.clone();
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+    crate::slotsrv::accept_until(listener, token, |stream| {
+        let ctx = ctx.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
         }
-    }
-    drop(listener);
-    conns.shutdown().await;
+    })
+    .await
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;

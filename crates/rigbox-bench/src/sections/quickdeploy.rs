@@ -109,20 +109,7 @@ async fn raw_restore(env: &BenchEnv, snap: &std::path::Path) -> anyhow::Result<f
     let t = Instant::now();
     let r = async {
         let vm = vmm.restore(&cfg, &files).await?;
-        let addr: std::net::SocketAddr = "169.254.0.2:10000".parse()?;
-        loop {
-            if let Ok(mut s) = slot.connect(addr, Duration::from_millis(500)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                if s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: g\r\n\r\n").await.is_ok() {
-                    let mut buf = [0u8; 12];
-                    if s.read_exact(&mut buf).await.is_ok() && buf.starts_with(b"HTTP/1.") {
-                        break;
-                    }
-                }
-            }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no answer");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        super::agent_answers(&slot, Duration::from_secs(60)).await?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let _ = vmm.kill(&cfg, &vm).await;
         Ok::<_, anyhow::Error>(ms)

@@ -7,7 +7,6 @@ use crate::{BenchEnv, Section};
 use rigbox_node_api::guest::ExecRequest;
 use rigbox_node_api::{CreateSnapshot, CreateWorkspace, ForkRequest, ForkTarget, NodeClient};
 use rigbox_types::WorkspaceState;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -41,24 +40,6 @@ async fn first_exec(node: &NodeClient, id: &str) -> anyhow::Result<()> {
     let r = node.exec(id, &ExecRequest { shell: Some("true".into()), ..Default::default() }).await?;
     anyhow::ensure!(r.exit_code == Some(0), "exec failed");
     Ok(())
-}
-
-async fn agent_answers(slot: &rigbox_netns::Slot) -> anyhow::Result<()> {
-    let addr: SocketAddr = "169.254.0.2:10000".parse()?;
-    let t0 = Instant::now();
-    loop {
-        if let Ok(mut s) = slot.connect(addr, Duration::from_millis(500)).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            if s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: g\r\n\r\n").await.is_ok() {
-                let mut buf = [0u8; 12];
-                if s.read_exact(&mut buf).await.is_ok() && buf.starts_with(b"HTTP/1.") {
-                    return Ok(());
-                }
-            }
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "agent did not answer");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Runs the section.
@@ -130,7 +111,7 @@ pub async fn run(env: &BenchEnv) -> anyhow::Result<Section> {
     let t = Instant::now();
     let raw = async {
         let vm = vmm.restore(&cfg, &files).await?;
-        agent_answers(&slot).await?;
+        super::agent_answers(&slot, Duration::from_secs(60)).await?;
         let raw_resume = ms(t);
         let t = Instant::now();
         vmm.snapshot(&cfg, &vm, &raw_dir.join("state")).await?;

@@ -5,7 +5,6 @@ use crate::report::{median, Row};
 use crate::{BenchEnv, Section};
 use rigbox_node_api::{CreateWorkspace, NodeClient};
 use rigbox_types::WorkspaceState;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
@@ -73,20 +72,7 @@ async fn raw_boot(env: &BenchEnv, i: usize) -> anyhow::Result<f64> {
             .status()
             .await?;
         anyhow::ensure!(st.success(), "qemu failed to start");
-        let addr: SocketAddr = "169.254.0.2:10000".parse()?;
-        loop {
-            if let Ok(mut s) = slot.connect(addr, Duration::from_millis(500)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                if s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: g\r\n\r\n").await.is_ok() {
-                    let mut buf = [0u8; 12];
-                    if s.read_exact(&mut buf).await.is_ok() && buf.starts_with(b"HTTP/1.") {
-                        break;
-                    }
-                }
-            }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(300), "raw boot timed out");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::agent_answers(&slot, Duration::from_secs(300)).await?;
         Ok(t0.elapsed().as_secs_f64() * 1000.0)
     }
     .await;
